@@ -1,0 +1,142 @@
+"""From model outputs to selected tags: thresholds (per category, per tag, MCut), rating, top-k."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .results import TagResult
+from .vocab import Category, Vocabulary
+
+DEFAULT_GENERAL_THRESHOLD = 0.35
+DEFAULT_CHARACTER_THRESHOLD = 0.85
+#: MCut on character tags keeps a floor, as in the reference taggers.
+MCUT_CHARACTER_FLOOR = 0.15
+
+
+def mcut_threshold(probs: np.ndarray) -> float:
+    """Maximum Cut Thresholding: the midpoint of the largest gap between sorted probabilities.
+
+    Largeron et al. (2012), "MCut: a thresholding strategy for multi-label classification".
+    With fewer than two values there is no gap, and 0.5 is used.
+    """
+    p = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
+    if p.size < 2:
+        return 0.5
+    gaps = p[:-1] - p[1:]
+    i = int(np.argmax(gaps))
+    return float((p[i] + p[i + 1]) / 2)
+
+
+def _check_threshold(name: str, value: float | None) -> None:
+    if value is not None and not (0.0 <= value <= 1.0):
+        raise UsageError(f"{name} must be between 0 and 1, got {value}")
+
+
+@dataclass
+class ThresholdOptions:
+    """What the user asked for; None means "the model's metadata, else the default"."""
+
+    general: float | None = None
+    character: float | None = None
+    #: Explicit thresholds for other categories by label ("copyright", "artist", "meta").
+    categories: dict[str, float] = field(default_factory=dict)
+    mcut_general: bool = False
+    mcut_character: bool = False
+    top_k: int | None = None
+    #: Name of a preset in the model's metadata (None: the model's default preset, if any).
+    preset: str | None = None
+
+    def validate(self) -> None:
+        _check_threshold("--general-threshold", self.general)
+        _check_threshold("--character-threshold", self.character)
+        for k, v in self.categories.items():
+            _check_threshold(f"threshold for {k}", v)
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+
+
+class TagSelector:
+    """Precomputed per-output thresholds for one vocabulary and one set of options.
+
+    Resolution per tag (highest first): the user's explicit category threshold, the model
+    preset's per-tag value, the preset's per-category value, the defaults.
+    """
+
+    def __init__(self, vocab: Vocabulary, options: ThresholdOptions | None = None, preset: dict[str, Any] | None = None):
+        self.vocab = vocab
+        self.options = options = options or ThresholdOptions()
+        options.validate()
+        preset = preset or {}
+        preset_categories: dict[str, float] = dict(preset.get("categories") or {})
+        preset_tags: dict[str, float] = dict(preset.get("tags") or {})
+
+        explicit = dict(options.categories)
+        if options.general is not None:
+            explicit["general"] = options.general
+        if options.character is not None:
+            explicit["character"] = options.character
+        defaults = {"general": DEFAULT_GENERAL_THRESHOLD, "character": DEFAULT_CHARACTER_THRESHOLD}
+
+        def category_threshold(label: str) -> float:
+            if label in explicit:
+                return float(explicit[label])
+            if label in preset_categories:
+                return float(preset_categories[label])
+            if label in defaults:
+                return defaults[label]
+            # Other categories (copyright, artist, meta) follow the general threshold.
+            return float(explicit.get("general", preset_categories.get("general", DEFAULT_GENERAL_THRESHOLD)))
+
+        thr = np.empty(len(vocab), dtype=np.float32)
+        for i, tag in enumerate(vocab):
+            label = tag.category.label
+            if label not in explicit and tag.name in preset_tags:
+                thr[i] = float(preset_tags[tag.name])
+            else:
+                thr[i] = category_threshold(label)
+        self.thresholds = thr
+        self.rating_idx = vocab.indices(Category.RATING)
+        self.groups: list[tuple[str, np.ndarray]] = [
+            (cat.label, vocab.indices(cat)) for cat in vocab.present_categories() if cat != Category.RATING
+        ]
+        self.names = np.array(vocab.names, dtype=object)
+
+    def select(self, probs: np.ndarray, path: str | None = None) -> TagResult:
+        """Select tags from one image's probability vector."""
+        probs = np.asarray(probs, dtype=np.float32)
+        result = TagResult(path=path)
+        if self.rating_idx.size:
+            rp = probs[self.rating_idx]
+            order = np.argsort(-rp, kind="stable")
+            result.ratings = {str(self.names[self.rating_idx[j]]): float(rp[j]) for j in order}
+            result.rating = str(self.names[self.rating_idx[order[0]]])
+        picked: list[tuple[str, int, float]] = []
+        for label, idx in self.groups:
+            if idx.size == 0:
+                continue
+            p = probs[idx]
+            thr = self.thresholds[idx]
+            if label == "general" and self.options.mcut_general:
+                thr = np.full_like(thr, mcut_threshold(p))
+            elif label == "character" and self.options.mcut_character:
+                thr = np.full_like(thr, max(MCUT_CHARACTER_FLOOR, mcut_threshold(p)))
+            keep = np.flatnonzero(p >= thr)
+            picked.extend((label, int(idx[k]), float(p[k])) for k in keep)
+        if self.options.top_k is not None and len(picked) > self.options.top_k:
+            picked.sort(key=lambda t: -t[2])
+            picked = picked[: self.options.top_k]
+        by_cat: dict[str, list[tuple[str, float]]] = {}
+        for label, i, conf in picked:
+            by_cat.setdefault(label, []).append((str(self.names[i]), conf))
+        result.tags = {label: dict(sorted(items, key=lambda t: (-t[1], t[0]))) for label, items in by_cat.items()}
+        for label, _ in self.groups:
+            result.tags.setdefault(label, {})
+        return result
+
+    def select_batch(self, probs: np.ndarray, paths: list[str | None]) -> list[TagResult]:
+        return [self.select(row, path) for row, path in zip(probs, paths)]
+

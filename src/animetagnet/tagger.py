@@ -1,0 +1,204 @@
+"""The Python API: load a model once, tag images, arrays, paths or whole streams of files.
+
+`Tagger.iter_tag_files` overlaps decoding with inference: a thread pool decodes and
+preprocesses ahead of the model (Pillow and onnxruntime both release the GIL), in a bounded
+window so memory stays flat, and results come back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .bundle import ModelBundle
+from .errors import ImageError, ModelError
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_and_preprocess, preprocess
+from .postprocess import TagSelector, ThresholdOptions
+from .predict import DEFAULT_BATCH, Predictor
+from .results import TagResult
+
+
+@dataclass
+class LoadedImage:
+    path: str | None
+    array: np.ndarray | None
+    error: str | None = None
+
+
+def default_workers() -> int:
+    # Decoding threads share the cores with onnxruntime's own threads; two keep a 2-core CPU's
+    # model fed without starving it (benchmarks/bench_tagging.py measures this).
+    return max(2, min(8, (os.cpu_count() or 2)))
+
+
+class Tagger:
+    """A loaded model. Thread-safe for inference; one per process is enough.
+
+    >>> tagger = Tagger("models/wd-swinv2-tagger-v3")
+    >>> tagger.tag("image.jpg").general
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | ModelBundle | None = None,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        batch_size: int | None = None,
+        exact: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        cache_dir: str | None = None,
+    ):
+        self.bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model, cache_dir=cache_dir)
+        self.predictor = Predictor(self.bundle.model_path, device=device, threads=threads)
+        self.vocab = self.bundle.vocab
+        n_out = self.predictor.num_outputs
+        if n_out is not None and n_out != len(self.vocab):
+            raise ModelError(
+                f"{self.bundle.path}: the model has {n_out} outputs but selected_tags.csv lists "
+                f"{len(self.vocab)} tags; the label file does not belong to this model"
+            )
+        declared = self.bundle.metadata.preprocessing.get("size")
+        if declared is not None and int(declared) != self.predictor.input_size:
+            raise ModelError(
+                f"{self.bundle.path}: metadata says input size {declared} but the ONNX input is {self.predictor.input_size}"
+            )
+        self.input_size = self.predictor.input_size
+        self.batch_size = batch_size or DEFAULT_BATCH[self.predictor.device.device]
+        self.exact = exact
+        self.max_pixels = max_pixels
+        self._logits = self.bundle.metadata.outputs == "logits"
+
+    # --- info -------------------------------------------------------------
+    @property
+    def device(self):
+        return self.predictor.device
+
+    def describe(self) -> str:
+        return f"model {self.bundle.name} ({len(self.vocab)} tags, {self.input_size}px) on {self.device}"
+
+    def selector(self, options: ThresholdOptions | None = None) -> TagSelector:
+        preset = self.bundle.metadata.preset(options.preset if options else None)
+        return TagSelector(self.vocab, options, preset)
+
+    # --- core -------------------------------------------------------------
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a preprocessed [N, H, W, 3] float32 BGR batch."""
+        out = self.predictor.run(batch)
+        if self._logits:
+            out = 1.0 / (1.0 + np.exp(-out))
+        return out
+
+    def prepare(self, image: ImageSource | np.ndarray) -> np.ndarray:
+        """Preprocess one input (path, bytes, file object, PIL image or HxWxC uint8 RGB(A) array)."""
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+                arr = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+                if arr.dtype != np.uint8:
+                    raise ImageError(f"arrays must be uint8 RGB/RGBA (as from PIL), got {arr.dtype}")
+                image = Image.fromarray(arr)
+            else:
+                raise ImageError(f"arrays must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
+        if isinstance(image, Image.Image):
+            return preprocess(image, self.input_size)
+        return load_and_preprocess(image, self.input_size, exact=self.exact, max_pixels=self.max_pixels)
+
+    def tag(self, image: ImageSource | np.ndarray, options: ThresholdOptions | None = None) -> TagResult:
+        """Tag one image. Raises ImageError for an unusable input."""
+        return self.tag_batch([image], options)[0]
+
+    def tag_batch(
+        self, images: Sequence[ImageSource | np.ndarray], options: ThresholdOptions | None = None
+    ) -> list[TagResult]:
+        """Tag several in-memory inputs at once. Raises ImageError on the first unusable one."""
+        if not images:
+            return []
+        selector = self.selector(options)
+        arrays = np.stack([self.prepare(im) for im in images])
+        probs = self.predict(arrays)
+        paths = [os.fspath(im) if isinstance(im, (str, os.PathLike)) else None for im in images]
+        return selector.select_batch(probs, paths)
+
+    def iter_tag_files(
+        self,
+        paths: Iterable[str | os.PathLike],
+        options: ThresholdOptions | None = None,
+        *,
+        workers: int | None = None,
+        with_probabilities: bool = False,
+    ) -> Iterator[TagResult] | Iterator[tuple[TagResult, np.ndarray | None]]:
+        """Tag files as a stream, in input order; a bad file yields a result with `error` set."""
+        selector = self.selector(options)
+        for loaded, probs in self.iter_probabilities(paths, workers=workers):
+            if loaded.error is not None:
+                res = TagResult.failed(loaded.path, loaded.error)
+                yield (res, None) if with_probabilities else res
+            else:
+                res = selector.select(probs, loaded.path)
+                yield (res, probs) if with_probabilities else res
+
+    def iter_probabilities(
+        self, paths: Iterable[str | os.PathLike], *, workers: int | None = None
+    ) -> Iterator[tuple[LoadedImage, np.ndarray | None]]:
+        """The pipelined engine: decode ahead in threads, infer in batches, keep order."""
+        workers = workers or default_workers()
+        window = self.batch_size * 2 + workers  # decoded-but-not-inferred images held at most
+        pending: deque[Future[LoadedImage]] = deque()
+        ready: list[LoadedImage] = []
+
+        def load(p: str) -> LoadedImage:
+            try:
+                return LoadedImage(p, load_and_preprocess(p, self.input_size, exact=self.exact, max_pixels=self.max_pixels))
+            except ImageError as exc:
+                return LoadedImage(p, None, exc.reason)
+            except Exception as exc:  # noqa: BLE001 - one hostile file must never end a batch
+                return LoadedImage(p, None, f"unexpected {type(exc).__name__}: {exc}")
+
+        def flush() -> Iterator[tuple[LoadedImage, np.ndarray | None]]:
+            good = [it for it in ready if it.error is None]
+            probs = self.predict(np.stack([it.array for it in good])) if good else None
+            k = 0
+            for it in ready:
+                if it.error is None:
+                    row = probs[k]  # type: ignore[index]
+                    k += 1
+                    it.array = None  # free the pixels as soon as they are used
+                    yield it, row
+                else:
+                    yield it, None
+            ready.clear()
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            it = iter(paths)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        p = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append(pool.submit(load, os.fspath(p)))
+                if not pending:
+                    break
+                ready.append(pending.popleft().result())
+                if sum(1 for r in ready if r.error is None) >= self.batch_size or (exhausted and not pending):
+                    yield from flush()
+            if ready:
+                yield from flush()
+
+    def close(self) -> None:
+        """Free the model (onnxruntime session and its memory)."""
+        self.predictor.close()
+
+    def __enter__(self) -> "Tagger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
