@@ -139,7 +139,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    from animetagnet.predict import usable_cores
+
+    return {"cpu": cpu, "cores": usable_cores(), "machine_cores": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": ort.__version__, "pillow": Image.__version__}
 
 

@@ -20,7 +20,7 @@ from .bundle import ModelBundle
 from .errors import ImageError, ModelError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_and_preprocess, preprocess
 from .postprocess import TagSelector, ThresholdOptions
-from .predict import DEFAULT_BATCH, Predictor
+from .predict import DEFAULT_BATCH, Predictor, usable_cores
 from .results import TagResult
 
 
@@ -34,7 +34,7 @@ class LoadedImage:
 def default_workers() -> int:
     # Decoding threads share the cores with onnxruntime's own threads; two keep a 2-core CPU's
     # model fed without starving it (benchmarks/bench_tagging.py measures this).
-    return max(2, min(8, (os.cpu_count() or 2)))
+    return max(2, min(8, usable_cores()))
 
 
 class Tagger:
@@ -50,13 +50,14 @@ class Tagger:
         *,
         device: str = "auto",
         threads: int | None = None,
+        spin: bool | None = None,
         batch_size: int | None = None,
         exact: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         cache_dir: str | None = None,
     ):
         self.bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model, cache_dir=cache_dir)
-        self.predictor = Predictor(self.bundle.model_path, device=device, threads=threads)
+        self.predictor = Predictor(self.bundle.model_path, device=device, threads=threads, spin=spin)
         self.vocab = self.bundle.vocab
         n_out = self.predictor.num_outputs
         if n_out is not None and n_out != len(self.vocab):
