@@ -119,7 +119,8 @@ def _examples(summaries: list[Summary], labels: list[str], n: int, seed: int = 0
     f1 = np.divide(2 * inter, y.sum(1) + s.predictions.sum(1), out=np.zeros(count), where=(y.sum(1) + s.predictions.sum(1)) > 0)
     rng = np.random.default_rng(seed)
     random_pick = list(rng.choice(count, size=min(n - n // 3, count), replace=False))
-    rest = [i for i in np.argsort(f1, kind="stable") if i not in set(random_pick) and y[i].any()]
+    picked = set(int(i) for i in random_pick)
+    rest = [i for i in np.argsort(f1, kind="stable") if int(i) not in picked and y[i].any()]
     hard = rest[: n // 3]
     blocks = []
     for title, idx in ((f"{len(random_pick)} images drawn at random (seed {seed})", random_pick),

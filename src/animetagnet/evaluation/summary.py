@@ -68,7 +68,12 @@ def _describe_thresholds(options: ThresholdOptions, metadata: ModelMetadata) -> 
     if options.character is not None:
         parts.append(f"character {options.character} (command line)")
     if preset:
-        parts.append(f"model preset '{preset_name}'")
+        calib = metadata.thresholds.get("calibration") or {}
+        where = ""
+        if calib.get("split") and preset_name in (calib.get("presets") or {}):
+            where = f" (calibrated on {calib['split']} of {str(calib.get('dataset', '?')).rstrip('/').split('/')[-1]}"
+            where += f", {calib['images']} images)" if calib.get("images") else ")"
+        parts.append(f"model preset '{preset_name}'{where}")
     if not parts:
         parts.append(f"defaults: general {DEFAULT_GENERAL_THRESHOLD}, character {DEFAULT_CHARACTER_THRESHOLD}")
     return "; ".join(parts), preset or None
