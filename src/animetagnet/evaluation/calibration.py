@@ -19,7 +19,7 @@ from ..bundle import METADATA_FILE, ModelMetadata
 from ..errors import ModelError
 from ..fileio import atomic_write_text
 from ..vocab import Category
-from .metrics import best_cut
+from .metrics import best_cut, best_cuts
 
 #: Preset name -> beta of the F-beta score it maximises (0.5 weighs precision, 2 recall).
 FBETA_PRESETS: dict[str, float] = {"balanced": 1.0, "high_precision": 0.5, "high_recall": 2.0}
@@ -53,7 +53,7 @@ def calibrate(
     cannot predict (`covered` False) are ignored.
     """
     y_true = np.asarray(y_true, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float32)
     covered = np.asarray(covered, dtype=bool)
     categories = np.asarray(categories)
     cols = np.flatnonzero(covered)
@@ -66,21 +66,24 @@ def calibrate(
         every = set(labels) | {"general", "character"}
         presets["global"] = {"categories": {lab: t_global for lab in sorted(every)}, "tags": {}}
 
-    for name, beta in FBETA_PRESETS.items():
-        cats: dict[str, float] = {}
-        for lab in labels:
-            c = cols[np.array([Category(int(categories[j])).label == lab for j in cols])]
-            t, _, _ = best_cut(y_true[:, c], scores[:, c], beta)
+    names = list(FBETA_PRESETS)
+    betas = tuple(FBETA_PRESETS.values())
+    cats: dict[str, dict[str, float]] = {n: {} for n in names}
+    tags: dict[str, dict[str, float]] = {n: {} for n in names}
+    col_labels = np.array([Category(int(c)).label for c in categories[cols]]) if cols.size else np.array([])
+    for lab in labels:
+        c = cols[col_labels == lab]
+        for name, (t, _, _) in zip(names, best_cuts(y_true[:, c], scores[:, c], betas)):
             if not np.isnan(t):
-                cats[lab] = t
-        tags: dict[str, float] = {}
-        for j in cols:
-            if support[j] >= min_support:
-                t, _, _ = best_cut(y_true[:, j], scores[:, j], beta)
-                tags[tag_names[j]] = t
+                cats[name][lab] = t
+    for j in cols:
+        if support[j] >= min_support:
+            for name, (t, _, _) in zip(names, best_cuts(y_true[:, j], scores[:, j], betas)):
+                tags[name][tag_names[j]] = t
+    for name in names:
         if name == "balanced":
-            presets["per_category"] = {"categories": dict(cats), "tags": {}}
-        presets[name] = {"categories": cats, "tags": tags}
+            presets["per_category"] = {"categories": dict(cats[name]), "tags": {}}
+        presets[name] = {"categories": cats[name], "tags": tags[name]}
     return presets
 
 

@@ -133,10 +133,12 @@ def run(args) -> int:
         path = write_report(args.report, summary, other, examples=args.examples)
         log(f"report: {path}")
     if args.json:
+        from .report import json_safe
+
         res = dict(summary.result)
         if other is not None:
             res["compared_with"] = other.result
-        json.dump(res, sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(json_safe(res), sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
         sys.stdout.write("\n")
     else:
         _print_summary(summary.result, sys.stdout)

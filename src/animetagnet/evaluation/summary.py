@@ -15,6 +15,7 @@ from .metrics import (
     Sweep,
     average_precision,
     candidate_thresholds,
+    combine_sweeps,
     example_based,
     f1_at_pr_crossing,
     per_tag_average_precision,
@@ -108,8 +109,6 @@ def summarize(data: EvalData, metadata: ModelMetadata, options: ThresholdOptions
     # Sweeps see only covered tags' scores; uncovered columns get -inf (never above a threshold).
     s_sweep = np.where(cov[None, :], s, -np.inf).astype(np.float32)
     cand = candidate_thresholds(s[:, cov], y[:, cov], max_candidates) if cov.any() else np.array([0.5])
-    sw = sweep(y, s_sweep, cand)
-    pr = f1_at_pr_crossing(sw)
     micro_ap = average_precision(y[:, cov], s[:, cov], n_positives=int(y.sum())) if cov.any() else 0.0
 
     categories: dict[str, Any] = {}
@@ -127,6 +126,10 @@ def summarize(data: EvalData, metadata: ModelMetadata, options: ThresholdOptions
             "positives": int(support[cols].sum()),
             "micro_f1_at_pr": cpr["micro"], "macro_f1_at_pr": cpr["macro"],
         }
+
+    # Categories partition the tags: the all-tag sweep is their sum (one pass over the columns).
+    sw = combine_sweeps(list(sweeps.values()))
+    pr = f1_at_pr_crossing(sw)
 
     base = data.thresholds(ThresholdOptions(), None)
     strategies = [
