@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -145,8 +147,9 @@ def bench_faces(per_class: int, out_dir: Path) -> dict:
     for name, recs in splits.items():
         (ds / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     t0 = time.perf_counter()
-    rc = main(["evaluate", "--model", str(model), "--data", str(ds), "--split", "test", "--calibrate", "--min-support", "10",
-               "--report", str(out_dir / "report"), "-q"])
+    with contextlib.redirect_stdout(io.StringIO()):  # keep this script's stdout pure JSON
+        rc = main(["evaluate", "--model", str(model), "--data", str(ds), "--split", "test", "--calibrate", "--min-support", "10",
+                   "--report", str(out_dir / "report"), "-q"])
     t_eval = time.perf_counter() - t0
     m = json.loads((out_dir / "report" / "metrics.json").read_text())
     strat = {s["name"]: {"micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"]} for s in m["strategies"]}

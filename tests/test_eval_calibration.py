@@ -155,5 +155,23 @@ def test_calibrated_thresholds_drive_the_tagger(tmp_path):
     assert metrics["headline"]["micro_f1"] == 1.0 and metrics["headline"]["macro_f1"] == 1.0
     assert metrics["headline"]["map"] == 1.0
     assert metrics["rating"]["accuracy"] == 1.0
-    assert "preset 'balanced'" in metrics["thresholds"]["source"]
+    assert "preset 'balanced' (calibrated on val of ds, 16 images)" in metrics["thresholds"]["source"]
     assert any("calibrated on this very split" in w for w in metrics["warnings"])
+
+
+def test_save_metrics_records_headline(tmp_path):
+    from animetagnet.cli import main
+
+    model = build_wd_model(tmp_path / "model", metadata={"name": "m", "provenance": {"run": "x"}})
+    paths = _images(tmp_path / "images", 6)
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "selected_tags.csv").write_text('tag_id,name,category,count\n1,"smile",0,3\n')
+    (ds / "val.jsonl").write_text("".join(json.dumps({"id": str(i), "image": str(p), "tags": ["smile"] if i % 2 else []}) + "\n"
+                                          for i, p in enumerate(paths)))
+    assert main(["evaluate", "--model", str(model), "--data", str(ds), "--save-metrics", "-q", "--report", str(tmp_path / "r")]) == 0
+    meta = json.loads((model / "animetagnet.json").read_text())
+    rep = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert meta["provenance"] == {"run": "x"} and meta["name"] == "m"
+    assert meta["metrics"]["split"] == "val" and meta["metrics"]["images"] == 6
+    assert meta["metrics"]["micro_f1"] == rep["headline"]["micro_f1"]

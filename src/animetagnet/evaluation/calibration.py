@@ -87,6 +87,26 @@ def calibrate(
     return presets
 
 
+def update_metadata(model_dir: str | Path, change) -> Path:
+    """Read MODEL_DIR/animetagnet.json (or start one), apply `change(data)`, validate, write atomically.
+
+    Every key the change does not touch is kept as it was.
+    """
+    path = Path(model_dir) / METADATA_FILE
+    data: dict[str, Any] = {"format_version": 1}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{path}: invalid JSON, not overwriting it: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: expected a JSON object, not overwriting it")
+    change(data)
+    ModelMetadata.from_dict(data, str(path))  # never write a file the tagger would refuse
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
 def write_calibration(
     model_dir: str | Path,
     presets: dict[str, dict[str, Any]],
@@ -98,27 +118,43 @@ def write_calibration(
 
     Presets of other names already in the file are kept; ours replace those of the same name.
     """
-    path = Path(model_dir) / METADATA_FILE
-    data: dict[str, Any] = {"format_version": 1}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}: invalid JSON, not overwriting it: {exc}") from None
-        if not isinstance(data, dict):
-            raise ModelError(f"{path}: expected a JSON object, not overwriting it")
     if default not in presets:
         raise ModelError(f"calibration produced no {default!r} preset (no positives in the calibration split?)")
-    thresholds = dict(data.get("thresholds") or {})
-    merged = dict(thresholds.get("presets") or {})
-    merged.update(presets)
-    thresholds["presets"] = merged
-    thresholds["default"] = default
-    calib = dict(info or {})
-    calib.setdefault("created", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    calib["presets"] = {k: PRESET_DESCRIPTIONS.get(k, "") for k in presets}
-    thresholds["calibration"] = calib
-    data["thresholds"] = thresholds
-    ModelMetadata.from_dict(data, str(path))  # never write a file the tagger would refuse
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return path
+
+    def change(data: dict[str, Any]) -> None:
+        thresholds = dict(data.get("thresholds") or {})
+        merged = dict(thresholds.get("presets") or {})
+        merged.update(presets)
+        thresholds["presets"] = merged
+        thresholds["default"] = default
+        calib = dict(info or {})
+        calib.setdefault("created", _now())
+        calib["presets"] = {k: PRESET_DESCRIPTIONS.get(k, "") for k in presets}
+        thresholds["calibration"] = calib
+        data["thresholds"] = thresholds
+
+    return update_metadata(model_dir, change)
+
+
+def write_metrics(model_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Record an evaluation's headline figures in the bundle's `metrics` (docs/formats.md)."""
+    h, pr = result["headline"], result["f1_at_pr"]
+    metrics = {
+        "split": result["dataset"]["split"],
+        "dataset": result["dataset"]["path"],
+        "images": result["dataset"]["images"],
+        "thresholds": result["thresholds"]["source"],
+        "micro_f1": h["micro_f1"], "macro_f1": h["macro_f1"], "map": h["map"],
+        "micro_f1_at_pr": pr["micro"]["f1"] if pr["micro"] else None,
+        "macro_f1_at_pr": pr["macro"]["f1"] if pr["macro"] else None,
+        "evaluated": _now(),
+    }
+
+    def change(data: dict[str, Any]) -> None:
+        data["metrics"] = metrics
+
+    return update_metadata(model_dir, change)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -46,6 +46,8 @@ def register(sub) -> None:
     g.add_argument("--default-preset", default="balanced",
                    choices=("global", "per_category", "balanced", "high_precision", "high_recall"),
                    help="preset `animetagnet tag` uses by default after --calibrate (default balanced)")
+    g.add_argument("--save-metrics", action="store_true",
+                   help="record the headline figures of this evaluation in the model's animetagnet.json (`metrics`)")
     g = p.add_argument_group("output")
     g.add_argument("--compare", metavar="OTHER_MODEL", default=None, help="evaluate a second model on the same split, side by side")
     g.add_argument("--report", metavar="DIR", default=None, help="write report.html and metrics.json into DIR")
@@ -120,6 +122,10 @@ def run(args) -> int:
     if split not in cache:
         failed += len(data.failed)
     summary = summarize(data, load_metadata(model_dir), options)
+    if args.save_metrics:
+        from .calibration import write_metrics
+
+        log(f"wrote the {split} figures into {write_metrics(model_dir, summary.result)}")
     other = None
     if args.compare:
         other_dir = find_model_dir(args.compare)

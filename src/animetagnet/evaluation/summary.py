@@ -29,10 +29,11 @@ DEFINITIONS = {
     "micro": "precision/recall/F1 of the (image, tag) pairs pooled over all evaluated tags",
     "macro": "mean over tags WITH at least one positive in the split of the per-tag precision/recall/F1; "
              "a tag never predicted has precision 0; macro-F1 is the mean of per-tag F1",
-    "f1_at_pr": "F1 at the single global threshold where precision = recall (WD model cards' figure): the "
-                "threshold is searched over the score values (an approximate grid of 4,096 when there are "
-                "more), choosing argmin |P - R| (ties: higher F1). Micro uses micro P and R; macro (WD v3 "
-                "convention) uses macro P and R, and reports the mean per-tag F1 at that threshold",
+    "f1_at_pr": "F1 at the single global threshold where precision = recall (WD model cards' figure): "
+                "thresholds are the distinct score values (an approximate grid of 4,096 when there are more); "
+                "scanning upwards, the first threshold with P >= R and the one just below it are compared and "
+                "the one with the smaller |P - R| is taken. Micro uses micro P and R (WD v2 cards); macro uses "
+                "macro P and R with one global threshold (WD v3 cards) and reports the mean per-tag F1 there",
     "map": "mean over tags with positives of average precision (AP = sum of (R_k - R_k-1) * P_k over the "
            "ranking of images by score, as sklearn); a tag the model lacks has AP 0",
     "micro_ap": "AP of all (image, tag) pairs ranked together",
