@@ -141,6 +141,8 @@ def test_calibrated_thresholds_drive_the_tagger(tmp_path):
     assert rc == 0
     meta = json.loads((model / "animetagnet.json").read_text())
     balanced = meta["thresholds"]["presets"]["balanced"]
+    on_val = meta["thresholds"]["calibration"]["scores_on_calibration_split"]
+    assert on_val["balanced"] == {"micro_f1": 1.0, "macro_f1": 1.0} and "mcut" in on_val
     assert meta["thresholds"]["default"] == "balanced"
     for name, (below, lowest) in expected_cut.items():
         t = balanced["tags"][name]

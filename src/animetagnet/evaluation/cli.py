@@ -83,6 +83,7 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..postprocess import ThresholdOptions
     from .calibration import write_calibration
+    from .summary import calibration_scores
     from .dataset import default_split, load_split
     from .runner import find_model_dir, load_metadata, run_model
     from .summary import summarize
@@ -112,10 +113,16 @@ def run(args) -> int:
         presets = calibrate(cdata.y_true, cdata.scores, cdata.tag_names, cdata.model_categories, cov,
                             min_support=args.min_support)
         info = {"dataset": cdata.dataset_dir, "split": cdata.split, "images": len(cdata.ids),
-                "min_support": args.min_support, "tags_with_own_threshold": len(presets.get("balanced", {}).get("tags", {}))}
+                "min_support": args.min_support, "tags_with_own_threshold": len(presets.get("balanced", {}).get("tags", {})),
+                "scores_on_calibration_split": calibration_scores(cdata, presets)}
         path = write_calibration(model_dir, presets, default=args.default_preset, info=info)
         log(f"calibrated on {cal_split.split} ({len(cdata.ids)} images): wrote presets {', '.join(presets)} "
             f"(default {args.default_preset}) into {path}")
+        scores = info["scores_on_calibration_split"]
+        for name, sc in scores.items():
+            log(f"  {name:>15} on {cal_split.split}: micro-F1 {sc['micro_f1']:.4f}  macro-F1 {sc['macro_f1']:.4f}")
+        if "mcut" in scores and args.default_preset in scores and scores["mcut"]["macro_f1"] > scores[args.default_preset]["macro_f1"]:
+            log("  note: MCut (animetagnet tag --mcut-general --mcut-character) beats the default preset on this split")
         if split == args.calibration_split:
             log(f"warning: evaluating on the split the thresholds were calibrated on ({split}): figures will be optimistic")
     data = cache.get(split) or run_model(model_dir, load_split(args.data, split, limit=args.limit), **common)

@@ -133,6 +133,8 @@ def _examples(summaries: list[Summary], labels: list[str], n: int, seed: int = 0
             img = f'<img src="{thumb}" alt="">' if thumb else '<div style="width:128px"></div>'
             rows = []
             for sm, lab in zip(summaries, labels):
+                if sm.data.ids != s.data.ids:  # a model that failed on other images: rows differ
+                    continue
                 rows.append((f'<div class="mname">{html.escape(lab)}</div>' if len(summaries) > 1 else "")
                             + _chips(sm.data.tag_names, sm.data.y_true[i], sm.predictions[i], sm.data.scores[i]))
             cells.append(f'<div class="exi">{img}<div><div class="mname">{html.escape(s.data.ids[i])} · '

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import MODEL_FILE, ModelBundle, ModelMetadata, resolve_model
-from ..errors import ModelError
+from ..errors import ModelError, UsageError
 from ..postprocess import MCUT_CHARACTER_FLOOR, TagSelector, ThresholdOptions
 from ..vocab import Category, Vocabulary
 from .dataset import SplitData
@@ -114,6 +114,8 @@ def run_model(
     ds = split.vocab
     cols = [i for i, t in enumerate(ds) if t.category != Category.RATING]
     names = [ds[i].name for i in cols]
+    if not names:
+        raise UsageError(f"{split.dataset_dir}: the dataset vocabulary has no tags besides ratings; nothing to evaluate")
     model_index = np.array([(-1 if mv.get_index(n) is None else mv.get_index(n)) for n in names], dtype=np.int64)
     covered = model_index >= 0
     ds_cats = np.array([int(ds[i].category) for i in cols], dtype=np.int16)

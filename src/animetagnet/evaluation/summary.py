@@ -220,3 +220,16 @@ def rating_metrics(data: EvalData) -> dict[str, Any] | None:
         "confusion": confusion,
         "note": "rows: true rating, columns: predicted (argmax over the model's rating outputs)",
     }
+
+
+def calibration_scores(data: EvalData, presets: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Micro/macro F1 of each new preset and of MCut on the calibration split itself (optimistic by nature)."""
+    out = {}
+    for name, preset in presets.items():
+        m = set_metrics(data.y_true, data.scores >= data.thresholds(ThresholdOptions(), preset))
+        out[name] = {"micro_f1": round(m.micro_f1, 6), "macro_f1": round(m.macro_f1, 6)}
+    if data.mcut:
+        base = data.thresholds(ThresholdOptions(), presets.get("balanced"))
+        m = set_metrics(data.y_true, data.scores >= data.mcut_matrix(base))
+        out["mcut"] = {"micro_f1": round(m.micro_f1, 6), "macro_f1": round(m.macro_f1, 6)}
+    return out
