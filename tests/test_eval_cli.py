@@ -204,3 +204,35 @@ def test_real_faces_report(tmp_path):
     assert m["dataset"]["images"] == 20 and m["dataset"]["images_failed"] == 0
     assert m["categories"]["character"]["tags_with_support"] == 4
     assert "data:image/jpeg;base64," in (tmp_path / "r" / "report.html").read_text()
+
+
+@pytest.mark.realdata
+def test_wd_v3_vocabulary_against_real_danbooru_posts(tmp_path):
+    """A model with the real 10,861-row WD v3 label file, scored on real posts with their human tags."""
+    import csv
+
+    wd = DATA / "tags" / "wd_v3_selected_tags.csv"
+    tagged = DATA / "danbooru-512px" / "tagged"
+    if not wd.is_file() or not (tagged / "tags.json").is_file():
+        pytest.skip(f"real data not found under {DATA} (set ANIMETAGNET_DATA to ../shared/data)")
+    with wd.open(encoding="utf-8") as fh:
+        wd_rows = [(r["name"], int(r["category"])) for r in csv.DictReader(fh)]
+    wd_cat = dict(wd_rows)
+    posts = json.loads((tagged / "tags.json").read_text())
+    names = sorted({t for tags in posts.values() for t in tags})
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "selected_tags.csv").write_text("tag_id,name,category,count\n" + "".join(
+        f'{i},"{n}",{wd_cat.get(n, 0)},1\n' for i, n in enumerate(names)))
+    (ds / "test.jsonl").write_text("".join(json.dumps({"id": f, "image": str(tagged / f), "tags": t}) + "\n"
+                                           for f, t in posts.items()))
+    model = build_wd_model(tmp_path / "wd", labels=wd_rows)
+    rc = main(["evaluate", "--model", str(model), "--data", str(ds), "-q", "--report", str(tmp_path / "r")])
+    assert rc == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    in_wd = [n for n in names if n in wd_cat]
+    assert m["dataset"]["images"] == len(posts) and m["dataset"]["images_failed"] == 0
+    assert m["vocabulary"]["evaluated_tags"] == len(in_wd)
+    assert m["vocabulary"]["dataset_tags_not_in_model"] == len(names) - len(in_wd)
+    assert m["vocabulary"]["model_tags_not_in_dataset"] == sum(1 for n, c in wd_rows if c != 9) - len(in_wd)
+    assert m["headline"]["tags_per_image_true"] == pytest.approx(sum(len(t) for t in posts.values()) / len(posts))
