@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -58,7 +57,7 @@ def test_parse_query():
         ("tag", ":d", False, ">", 0.5),
     ]
     assert parse_query("Irys_(Hololive) ninomae_ina'nis")[1].value == "ninomae_ina'nis"
-    assert parse_query("")  == []
+    assert parse_query("") == []
     with pytest.raises(UsageError, match="unknown rating"):
         parse_query("rating:weird")
     with pytest.raises(UsageError, match="between 0 and 1"):
