@@ -283,3 +283,29 @@ def test_body_is_complete_before_the_app_runs_and_limit_applies_while_streaming(
     msgs = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2
     sent, reached = asyncio.run(_drive({"max_bytes": 1000, "idle_timeout": 1, "total_timeout": 5}, list(msgs)))
     assert sent[0]["status"] == 413 and reached == []
+
+
+def test_a_stuck_client_does_not_hold_the_model(tagger):
+    """Over a real socket: a client that stops mid-upload gets 408 while others are served meanwhile."""
+    import socket
+
+    import httpx
+
+    from serve_helpers import ServerThread
+
+    app = create_app(tagger, limits=Limits(body_idle_timeout=1.0))
+    with ServerThread(app) as server:
+        stuck = socket.create_connection(("127.0.0.1", server.port))
+        stuck.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 100000\r\n\r\n--b\r\n")
+        r = httpx.post(server.url + "/v1/tag", files={"files": ("a.png", png_bytes(), "image/png")}, timeout=10)
+        assert r.status_code == 200  # served while the other upload hangs
+        stuck.settimeout(10)
+        reply = b""
+        while b"\r\n\r\n" not in reply or b"}}" not in reply:
+            chunk = stuck.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        stuck.close()
+        assert reply.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in reply

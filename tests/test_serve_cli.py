@@ -68,3 +68,28 @@ def test_verbs_are_registered():
     r = subprocess.run([sys.executable, "-m", "animetagnet", "--help"], env=env(), capture_output=True, text=True, timeout=60)
     for verb in ("serve", "index", "search"):
         assert verb in r.stdout
+
+
+def _run_blocked(code: str, blocked: list[str]) -> subprocess.CompletedProcess:
+    prelude = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+    return subprocess.run([sys.executable, "-c", prelude + code], env=env(), capture_output=True, text=True, timeout=120)
+
+
+def test_serve_never_imports_torch():
+    r = _run_blocked("import animetagnet.serve.app, animetagnet.serve.gallery, animetagnet.serve.cli\n"
+                     "from animetagnet.cli import build_parser; build_parser()\nprint('ok')", ["torch"])
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_without_the_serve_extra_serve_says_so_and_the_gallery_still_works(tmp_path):
+    model = build_wd_model(tmp_path / "tiny", size=32)
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(png_bytes())
+    blocked = ["fastapi", "uvicorn", "starlette", "multipart", "python_multipart"]
+    r = _run_blocked(f"from animetagnet.cli import main; sys.exit(main(['serve', '--model', {str(model)!r}]))", blocked)
+    assert r.returncode == 2 and "pip install 'animetagnet[serve]'" in r.stderr and "Traceback" not in r.stderr
+    db = str(tmp_path / "g.db")
+    r = _run_blocked(f"from animetagnet.cli import main; sys.exit(main(['index', {str(tmp_path / 'pics')!r}, '--db', {db!r}, "
+                     f"'--model', {str(model)!r}, '-q']) or main(['search', '--db', {db!r}, '']))", blocked)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("a.png")
