@@ -84,9 +84,13 @@ def test_pages_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/static/app.js" in page.text
     assert "/static/gallery.js" in client.get("/gallery").text
-    for name in ("app.js", "gallery.js", "style.css"):
+    assert "/static/api.js" in client.get("/api").text  # offline API reference (Swagger UI needs a CDN)
+    for name in ("app.js", "gallery.js", "api.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
-    assert "http://" not in client.get("/static/app.js").text  # nothing from the internet (offline users)
+    for name in ("app.js", "gallery.js", "api.js", "style.css"):  # nothing from the internet (offline users)
+        assert "http://" not in client.get(f"/static/{name}").text and "https://" not in client.get(f"/static/{name}").text
+    for page in ("/", "/gallery", "/api"):
+        assert "https://" not in client.get(page).text
 
 
 # --- tagging ------------------------------------------------------------------------

@@ -152,3 +152,13 @@ def test_gallery_page_search_and_click_a_tag(setup, browser):
     page.press("#q", "Enter")
     sync_api.expect(page.locator(".banner")).to_contain_text("unknown rating")
     page.close()
+
+
+def test_offline_api_reference_lists_the_endpoints(setup, browser):
+    server, _, tmp = setup
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url + "/api")
+    sync_api.expect(page.locator("#endpoints code", has_text="POST /v1/tag")).to_have_count(1)
+    sync_api.expect(page.locator("table.params code", has_text="general_threshold").first).to_be_visible()
+    page.screenshot(path=str(shot_dir(tmp) / "api.png"))
+    page.close()

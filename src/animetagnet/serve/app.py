@@ -318,5 +318,9 @@ def create_app(
     async def gallery_page():
         return FileResponse(f"{static}/gallery.html", media_type="text/html")
 
+    @app.get("/api", include_in_schema=False)
+    async def api_page():
+        return FileResponse(f"{static}/api.html", media_type="text/html")
+
     app.mount("/static", StaticFiles(directory=static), name="static")
     return app
