@@ -12,7 +12,8 @@ SERVE_EPILOG = """examples:
   animetagnet serve --model M --gallery art.db          # also the gallery page at /gallery
   curl -F files=@image.jpg 'http://127.0.0.1:8000/v1/tag?general_threshold=0.5'
 
-The web page is at http://HOST:PORT/, the API docs at /docs. The service has no
+The web page is at http://HOST:PORT/, the gallery at /gallery, the API reference at /api
+(offline) and /docs (Swagger UI, loads its scripts from a CDN). The service has no
 authentication: keep it on 127.0.0.1 unless a proxy in front of it controls access.
 """
 
@@ -30,6 +31,7 @@ SEARCH_EPILOG = """query syntax (all terms must hold):
 examples:
   animetagnet search --db art.db "1girl blue_eyes -smile rating:general"
   animetagnet search --db art.db "hatsune_miku:>0.9" --format json
+  animetagnet search --db art.db -- "-smile"           # a query starting with '-' goes after --
 """
 
 
@@ -37,7 +39,7 @@ def register(sub) -> None:
     from ..commands.tag import add_model_options, add_selection_options
 
     p = sub.add_parser("serve", help="HTTP service and web page for tagging (and the gallery)",
-                       description="Tag uploads over HTTP: JSON API, OpenAPI docs at /docs, a web page at /.",
+                       description="Tag uploads over HTTP: a JSON API (reference at /api, OpenAPI at /openapi.json) and a web page at /.",
                        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     g = p.add_argument_group("service")
@@ -120,7 +122,7 @@ def run_serve(args) -> int:
     if not _is_loopback(args.host):
         print(f"animetagnet: warning: listening on {args.host}: the service has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
-    print(f"animetagnet: web page http://{args.host}:{args.port}/ , API docs http://{args.host}:{args.port}/docs",
+    print(f"animetagnet: web page http://{args.host}:{args.port}/ , API reference http://{args.host}:{args.port}/api",
           file=sys.stderr)
     # One process, one model: no uvicorn workers (each would load its own copy of the model).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5)
