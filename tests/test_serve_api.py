@@ -132,6 +132,9 @@ def test_options_are_the_cli_options(client):
     assert "long_hair" not in excl["tags"]["general"] and "solo" not in excl["tags"]["general"]
     assert "one_girl" in excl["tags"]["general"] and "1girl" not in excl["tags"]["general"]
     assert "very long hair" in excl["caption"] and "very_long_hair" not in excl["caption"]
+    implied = client.post("/v1/tag?general_threshold=0&drop_implied=true",
+                          files=upload(("a.png", data, "image/png"))).json()["results"][0]
+    assert "very_long_hair" in implied["tags"]["general"] and "long_hair" not in implied["tags"]["general"]
     rated = client.post("/v1/tag?include_rating=true&with_confidence=true",
                         files=upload(("a.png", data, "image/png"))).json()["results"][0]
     assert rated["caption"].startswith(f"({rated['rating']}:")
