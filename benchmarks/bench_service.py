@@ -8,6 +8,7 @@ prints one JSON object: throughput, p50/p90/p99 latency, errors and the server's
     python benchmarks/bench_service.py                       # builds a timm efficientnet_b0 WD-layout model
     python benchmarks/bench_service.py --model DIR           # any model the CLI takes
     python benchmarks/bench_service.py --clients 32 --seconds 20 --settings 1:0 16:5
+    python benchmarks/bench_service.py --simulate 40:2     # model call sleeps 40 ms + 2 ms/image
 
 A setting is BATCH:MAX_WAIT_MS; `1:0` is one request at a time (no micro-batching).
 The built model has random weights (no download): its compute is real, its tags are not.
@@ -64,13 +65,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, batch: int, wait_ms: float, threads: int | None):
+# A server whose model call also sleeps BASE + PER x batch ms (no CPU): it shows the batching
+# mechanics apart from CPU contention, like an accelerator where a batch costs little more than one image.
+SIMULATED_SERVER = """
+import sys, time
+import uvicorn
+from animetagnet import Tagger
+from animetagnet.serve.app import create_app
+model, port, batch, wait, base, per = sys.argv[1:]
+tagger = Tagger(model)
+real = tagger.predict
+def predict(b):
+    time.sleep((float(base) + float(per) * len(b)) / 1000)
+    return real(b)
+tagger.predict = predict
+app = create_app(tagger, batch_size=int(batch), max_wait_ms=float(wait))
+uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
+"""
+
+
+def start_server(model: str, batch: int, wait_ms: float, threads: int | None, simulate: str | None = None):
     port = free_port()
-    cmd = [sys.executable, "-m", "animetagnet", "serve", "--model", model, "--port", str(port),
-           "--batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning",
-           "--request-timeout", "120"]
-    if threads:
-        cmd += ["--threads", str(threads)]
+    if simulate:
+        base, per = simulate.split(":")
+        cmd = [sys.executable, "-c", SIMULATED_SERVER, model, str(port), str(batch), str(wait_ms), base, per]
+    else:
+        cmd = [sys.executable, "-m", "animetagnet", "serve", "--model", model, "--port", str(port),
+               "--batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning",
+               "--request-timeout", "120"]
+        if threads:
+            cmd += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
@@ -201,6 +225,8 @@ def main() -> int:
     ap.add_argument("--settings", nargs="+", default=["1:0", "16:5"], help="BATCH:MAX_WAIT_MS, e.g. 1:0 8:5 32:10")
     ap.add_argument("--rounds", type=int, default=2,
                     help="alternate the settings this many times (A B A B): a shared CPU's load drifts")
+    ap.add_argument("--simulate", metavar="BASE_MS:PER_IMAGE_MS", default=None,
+                    help="use the tiny test model and add a sleep of BASE + PER x batch ms to each model call")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
 
@@ -208,12 +234,17 @@ def main() -> int:
     if not images:
         sys.exit(f"no images under {DATA / 'danbooru-512px'} (set ANIMETAGNET_DATA)")
     tmp = tempfile.TemporaryDirectory()
+    if args.simulate and not args.model:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from modelfactory import build_wd_model
+
+        args.model = str(build_wd_model(Path(tmp.name) / "tiny", size=32))
     model = args.model or str(build_model(Path(tmp.name) / args.arch, args.arch, args.size))
     runs: dict[str, list[dict]] = {setting: [] for setting in args.settings}
     for rnd in range(args.rounds):
         for setting in args.settings:
             batch, wait = setting.split(":")
-            proc, url = start_server(model, int(batch), float(wait), args.threads)
+            proc, url = start_server(model, int(batch), float(wait), args.threads, args.simulate)
             load_before = os.getloadavg()[0]
             try:
                 run = load(url, images, args.clients, args.seconds, args.warmup)
@@ -227,7 +258,9 @@ def main() -> int:
     results = {setting: summarize(r) for setting, r in runs.items()}
     out = {
         "benchmark": "bench_service",
-        "model": args.model or f"{args.arch} (random init, {args.size}px, 10,861 outputs)",
+        "model": ("tiny test model + simulated cost" if args.simulate else args.model)
+                 or f"{args.arch} (random init, {args.size}px, 10,861 outputs)",
+        "simulated_model_ms": args.simulate,
         "clients": args.clients,
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
