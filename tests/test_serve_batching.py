@@ -135,7 +135,7 @@ def test_inference_error_reaches_every_waiter_and_the_worker_survives():
 
 
 def test_full_queue_is_overloaded_and_stopped_is_not_running():
-    model = FakeModel(delay=0.2)
+    model = FakeModel(delay=0.5)
 
     async def main():
         b = MicroBatcher(model, batch_size=1, max_wait_ms=0, max_queue=2)
@@ -143,7 +143,9 @@ def test_full_queue_is_overloaded_and_stopped_is_not_running():
             await b.submit(img(0))
         await b.start()
         tasks = [asyncio.create_task(b.submit(img(0)))]
-        await asyncio.sleep(0.05)  # the first is in the model
+        await asyncio.sleep(0.01)
+        while b.pending:  # wait until the worker took the first one into the model (0.2 s there)
+            await asyncio.sleep(0.005)
         tasks += [asyncio.create_task(b.submit(img(i))) for i in (1, 2)]
         await asyncio.sleep(0.01)  # two queued: the queue is full
         with pytest.raises(Overloaded):

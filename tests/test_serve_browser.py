@@ -22,6 +22,7 @@ if not real_images():
                 allow_module_level=True)
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+sync_api.expect.set_options(timeout=20_000)  # a loaded CI machine can be slow; waits end as soon as they hold
 
 
 @pytest.fixture(scope="module")
