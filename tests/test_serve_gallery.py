@@ -10,7 +10,8 @@ import pytest
 from animetagnet import Tagger
 from animetagnet.cli import main
 from animetagnet.errors import UsageError
-from animetagnet.serve.gallery import Gallery, index_folder, parse_query
+from animetagnet.serve.gallery import Gallery, index_folder
+from animetagnet.serve.query import parse_query
 from modelfactory import build_wd_model
 from serve_helpers import jpeg_bytes, png_bytes, real_images
 
