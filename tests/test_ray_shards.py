@@ -1,0 +1,134 @@
+"""Result shards and manifests of the Ray engine (no Ray needed): exact round trips, atomic
+commits, resume bookkeeping, manifest formats; CLI option checks that fail before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from animetagnet.errors import UsageError
+from animetagnet.inputs import InputSet
+
+pa = pytest.importorskip("pyarrow")
+pytest.importorskip("fsspec")
+
+from animetagnet.distributed.manifest import add_manifests, read_manifest  # noqa: E402
+from animetagnet.distributed.shards import ShardBuffer, ShardStore, read_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECORDS = [
+    {"path": "a/1.jpg", "rating": "general", "ratings": {"general": 0.91, "sensitive": 0.05},
+     "tags": {"general": {"smile": 0.9876, "^_^": 0.5, "long_hair": 0.4}, "character": {"irys_(hololive)": 0.88}}},
+    {"path": "a/2.jpg", "error": "not an image (cannot identify image file)"},
+    {"path": "b/ü 3.png", "rating": "explicit", "ratings": {"explicit": 0.6},
+     "tags": {"general": {}, "character": {}}},
+]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_shards_round_trip_exact_records(tmp_path, fmt):
+    store = ShardStore(str(tmp_path / "out"), fmt)
+    buf = ShardBuffer(store, rows=2, run_id="r1")
+    for r in RECORDS:
+        buf.add(r)
+    assert len(buf.shards) == 1  # committed after 2 rows, the third still pending
+    buf.flush()
+    assert buf.shards == [f"part-r1-000000.{fmt}", f"part-r1-000001.{fmt}"]
+    back = list(read_results(str(tmp_path / "out")))
+    assert back == RECORDS
+    # key order too: the shards hold what the local engine's JSONL holds, byte for byte
+    assert [json.dumps(r) for r in back] == [json.dumps(r) for r in RECORDS]
+    assert store.done_paths() == {"a/1.jpg", "b/ü 3.png"}
+
+
+def test_temporary_and_foreign_files_are_not_results(tmp_path):
+    store = ShardStore(str(tmp_path), "parquet")
+    store.write_shard("r-000000", RECORDS[:1])
+    (tmp_path / ".part-r-000001.parquet.abc.tmp").write_bytes(b"PAR1 half a shard")  # a killed write
+    (tmp_path / "notes.jsonl").write_text('{"path": "x"}\n')
+    assert [Path(p).name for p in store.shards()] == ["part-r-000000.parquet"]
+    assert store.done_paths() == {"a/1.jpg"}
+
+
+def test_drop_failed_keeps_good_records_and_removes_empty_shards(tmp_path):
+    store = ShardStore(str(tmp_path), "jsonl")
+    store.write_shard("r-000000", RECORDS)
+    store.write_shard("r-000001", [RECORDS[1]])
+    assert store.drop_failed() == 2
+    assert [Path(p).name for p in store.shards()] == ["part-r-000000.jsonl"]
+    assert [r["path"] for r in store.records()] == ["a/1.jpg", "b/ü 3.png"]
+
+
+def test_store_refuses_a_file(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text("")
+    with pytest.raises(UsageError, match="is a file"):
+        ShardStore(str(f))
+
+
+def test_manifest_jsonl_relative_to_manifest_dir(tmp_path):
+    m = tmp_path / "sub" / "train.jsonl"
+    m.parent.mkdir()
+    m.write_text('{"id": "1", "image": "img/1.jpg", "tags": []}\n\n{"id": "2", "image": "/abs/2.jpg"}\n')
+    assert read_manifest(str(m)) == [str(tmp_path / "sub" / "img" / "1.jpg"), "/abs/2.jpg"]
+    found = InputSet()
+    add_manifests(found, [str(m)])
+    assert found.roots[str(tmp_path / "sub" / "img" / "1.jpg")] == str(tmp_path / "sub")
+    with pytest.raises(UsageError, match="no column 'file'"):
+        read_manifest(str(m), "file")
+
+
+def test_manifest_parquet_gzip_and_text(tmp_path):
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2], "path": ["/d/1.jpg", "/d/2.jpg"]}), tmp_path / "m.parquet")
+    assert read_manifest(str(tmp_path / "m.parquet")) == ["/d/1.jpg", "/d/2.jpg"]
+    # fsspec URLs work the same (here the local file:// protocol)
+    assert read_manifest("file://" + str(tmp_path / "m.parquet")) == ["/d/1.jpg", "/d/2.jpg"]
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt") as fh:
+        fh.write('{"path": "/d/3.jpg"}\n')
+    assert read_manifest(str(tmp_path / "m.jsonl.gz")) == ["/d/3.jpg"]
+    (tmp_path / "list.txt").write_text("# comment\n/d/4.jpg\n\n")
+    assert read_manifest(str(tmp_path / "list.txt")) == ["/d/4.jpg"]
+    with pytest.raises(UsageError, match="no such file"):
+        read_manifest(str(tmp_path / "missing.jsonl"))
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, "-m", "animetagnet", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def test_ray_engine_option_errors_before_starting_ray(tmp_path):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    r = _cli("tag", str(img), "--engine", "ray")
+    assert r.returncode == 2 and "needs -o DIR" in r.stderr
+    r = _cli("tag", str(img), "--engine", "ray", "--format", "csv", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not --format csv" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_local_engine_reads_manifests_too(tmp_path):
+    from modelfactory import build_wd_model
+
+    model = build_wd_model(tmp_path / "model")
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "m.jsonl").write_text('{"path": "imgs/a.png"}\n{"path": "imgs/missing.png"}\n')
+    r = _cli("tag", "--manifest", str(tmp_path / "m.jsonl"), "--model", str(model), "--format", "jsonl", "-q")
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 1  # one listed image does not exist: reported, as for any input
+    assert [Path(x["path"]).name for x in recs] == ["a.png", "missing.png"]
+    assert "error" not in recs[0] and "error" in recs[1]
