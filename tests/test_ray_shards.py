@@ -132,3 +132,35 @@ def test_local_engine_reads_manifests_too(tmp_path):
     assert r.returncode == 1  # one listed image does not exist: reported, as for any input
     assert [Path(x["path"]).name for x in recs] == ["a.png", "missing.png"]
     assert "error" not in recs[0] and "error" in recs[1]
+
+
+def test_replica_tags_like_the_local_tagger_urls_included(tmp_path):
+    """The actor class is plain Python: check it without Ray, fsspec URLs and failures included."""
+    import pickle
+
+    import numpy as np
+    from modelfactory import build_wd_model
+    from PIL import Image
+
+    from animetagnet.formatting import TagFilter
+    from animetagnet.postprocess import ThresholdOptions
+    from animetagnet.distributed.ray_engine import TaggerReplica
+    from animetagnet.tagger import Tagger
+
+    model = str(build_wd_model(tmp_path / "model"))
+    for i, colour in enumerate([(250, 20, 20), (20, 20, 250)]):
+        Image.new("RGB", (50 + i, 40), colour).save(tmp_path / f"{i}.png")
+    url = "file://" + str(tmp_path / "1.png")
+    paths = [str(tmp_path / "0.png"), url, "file://" + str(tmp_path / "gone.png"), str(tmp_path / "gone.png")]
+    flt = TagFilter(exclude={"smile"})
+    replica = TaggerReplica({"model": model, "device": "cpu"}, ThresholdOptions(), flt)
+    out = replica({"path": np.array(paths, dtype=object)})
+    got = [pickle.loads(b) for b in out["result"]]
+    assert [r.path for r in got] == paths
+    ref = Tagger(model, device="cpu")
+    assert got[0].to_dict() == flt.apply(ref.tag(str(tmp_path / "0.png"))).to_dict()
+    want = flt.apply(ref.tag(str(tmp_path / "1.png"))).to_dict()
+    want["path"] = url
+    assert got[1].to_dict() == want
+    assert got[2].error.startswith("cannot read") and got[3].error
+    assert "smile" not in got[0].general

@@ -11,15 +11,18 @@ uncommitted tail, which a restart with --resume tags again.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import pickle
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..results import TagResult
 from .shards import SHARD_FORMATS, ShardBuffer, ShardStore
 
 
@@ -58,10 +61,51 @@ class TaggerReplica:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         paths = [str(p) for p in batch["path"]]
-        results = []
-        for res in self.tagger.iter_tag_files(paths, self.thresholds, workers=self.workers):
-            results.append(pickle.dumps(self.tag_filter.apply(res) if res.error is None else res))
+        with tempfile.TemporaryDirectory(prefix="animetagnet-") as tmp:
+            local, fetch_errors = fetch_remote(paths, tmp)
+            results = []
+            for path, res in zip(paths, self.tagger.iter_tag_files(local, self.thresholds, workers=self.workers)):
+                if path in fetch_errors:
+                    res = TagResult.failed(path, fetch_errors[path])
+                elif res.error is None:
+                    res = self.tag_filter.apply(res)
+                res.path = path
+                results.append(pickle.dumps(res))
         return {"result": results, "replica": [self.name] * len(results)}
+
+
+def fetch_remote(paths: list[str], tmp: str) -> tuple[list[str], dict[str, str]]:
+    """Images given as fsspec URLs (s3://, gs://, https://, ...) are copied into `tmp` with their
+    suffix, so the core loads them like any file; local paths pass through untouched.
+    Returns the paths to load and {url: error} for those that could not be fetched."""
+    from .manifest import is_url
+
+    remote = [p for p in paths if is_url(p)]
+    if not remote:
+        return paths, {}
+    import fsspec
+
+    local_of: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    by_fs: dict[Any, list[str]] = {}
+    for url in remote:
+        fs, _ = fsspec.core.url_to_fs(url)
+        by_fs.setdefault(fs, []).append(url)
+    for fs, urls in by_fs.items():
+        # one call per filesystem: fsspec fetches the batch concurrently where it can (async stores)
+        got = fs.cat([fs._strip_protocol(u) for u in urls], on_error="return")
+        for url in urls:
+            data = got.get(fs._strip_protocol(url))
+            if isinstance(data, BaseException) or data is None:
+                errors[url] = f"cannot read: {data if data is not None else 'not found'}"
+                continue
+            dest = os.path.join(tmp, f"{len(local_of):06d}{os.path.splitext(url.split('?', 1)[0])[1]}")
+            with open(dest, "wb") as fh:
+                fh.write(data)
+            local_of[url] = dest
+    # a URL that could not be fetched still goes through the tagger (as a missing file) so
+    # that results stay one per input, in order; its error is replaced by the fetch error
+    return [local_of.get(p, os.path.join(tmp, "missing")) if is_url(p) else p for p in paths], errors
 
 
 @dataclass
@@ -120,10 +164,8 @@ class RayTagJob:
         import ray
 
         if not ray.is_initialized():
-            import logging
-
             ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=not self.quiet)
+                     log_to_driver=not self.quiet, runtime_env=code_runtime_env())
         return ray
 
     def plan(self, ray, n: int) -> dict[str, Any]:
@@ -183,6 +225,8 @@ class RayTagJob:
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts results from the whole cluster
+        if self.quiet:
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         ds = ray.data.from_items([{"path": p} for p in todo],
                                  override_num_blocks=max(1, math.ceil(len(todo) / plan["batch"])))
         with warnings.catch_warnings():
@@ -193,8 +237,11 @@ class RayTagJob:
         buffer = ShardBuffer(store, self.shard_rows) if store is not None else None
         progress = Progress(len(todo), enabled=False if self.quiet else self.progress)
         seen: set[str] = set()
+        first: tuple[float, int] | None = None  # (seconds, images) when the first results arrived
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if first is None:
+                    first = (progress.elapsed, len(batch["result"]))
                 failed = 0
                 for blob in batch["result"]:
                     result = pickle.loads(blob)
@@ -215,9 +262,12 @@ class RayTagJob:
             progress.close()
         summary.update(images=progress.done, failed=progress.failed, seconds=round(progress.elapsed, 3),
                        images_per_s=round(progress.done / max(progress.elapsed, 1e-9), 2),
+                       first_results_s=round(first[0], 3) if first else None,
                        replica_processes=sorted(seen), shards=buffer.shards if buffer else [])
         devices = sorted({s.split(" ", 1)[1] for s in seen})
         extra = f"Ray, {plan['replicas']} replicas on {', '.join(devices) or '?'}"
+        if first is not None:  # start-up (actors, model loads) is paid once per run
+            extra += f"; first results after {first[0]:.1f} s"
         if buffer is not None:
             extra += f"; {len(buffer.shards)} shards in {self.out}"
         kept = getattr(self.captions, "skipped_existing", 0)
@@ -225,6 +275,12 @@ class RayTagJob:
             extra += f"; {kept} existing captions left as they were (--on-existing skip)"
         self.say(progress.summary(extra))
         return summary
+
+
+def code_runtime_env() -> dict[str, Any]:
+    """Replicas must run this very animetagnet (results travel as pickled TagResults), not whatever
+    version a node has installed: Ray uploads the driver's package once per job."""
+    return {"py_modules": [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]}
 
 
 def job_from_args(args, found, fmt: str, thresholds, tag_filter, style) -> RayTagJob:
