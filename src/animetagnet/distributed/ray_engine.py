@@ -227,8 +227,12 @@ class RayTagJob:
         ctx.enable_progress_bars = False  # ours counts results from the whole cluster
         if self.quiet:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ds = ray.data.from_items([{"path": p} for p in todo],
-                                 override_num_blocks=max(1, math.ceil(len(todo) / plan["batch"])))
+        # One Arrow block per Ray task: compact on the driver even for millions of paths, and the
+        # unit that Ray hands to a replica (and retries).
+        import pyarrow as pa
+
+        table = pa.table({"path": pa.array(todo, pa.string())})
+        ds = ray.data.from_arrow([table.slice(i, plan["batch"]) for i in range(0, len(todo), plan["batch"])])
         with warnings.catch_warnings():
             # Ray Data documents extra keyword arguments as the way to set actor fault tolerance;
             # recent versions warn that this will change, which users cannot act on.
@@ -237,11 +241,11 @@ class RayTagJob:
         buffer = ShardBuffer(store, self.shard_rows) if store is not None else None
         progress = Progress(len(todo), enabled=False if self.quiet else self.progress)
         seen: set[str] = set()
-        first: tuple[float, int] | None = None  # (seconds, images) when the first results arrived
+        first: float | None = None  # seconds until the first results arrived
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 if first is None:
-                    first = (progress.elapsed, len(batch["result"]))
+                    first = progress.elapsed
                 failed = 0
                 for blob in batch["result"]:
                     result = pickle.loads(blob)
@@ -262,12 +266,12 @@ class RayTagJob:
             progress.close()
         summary.update(images=progress.done, failed=progress.failed, seconds=round(progress.elapsed, 3),
                        images_per_s=round(progress.done / max(progress.elapsed, 1e-9), 2),
-                       first_results_s=round(first[0], 3) if first else None,
+                       first_results_s=round(first, 3) if first is not None else None,
                        replica_processes=sorted(seen), shards=buffer.shards if buffer else [])
         devices = sorted({s.split(" ", 1)[1] for s in seen})
         extra = f"Ray, {plan['replicas']} replicas on {', '.join(devices) or '?'}"
         if first is not None:  # start-up (actors, model loads) is paid once per run
-            extra += f"; first results after {first[0]:.1f} s"
+            extra += f"; first results after {first:.1f} s"
         if buffer is not None:
             extra += f"; {len(buffer.shards)} shards in {self.out}"
         kept = getattr(self.captions, "skipped_existing", 0)

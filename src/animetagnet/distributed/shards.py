@@ -104,9 +104,18 @@ class ShardStore:
         for p in self.shards():
             yield from self.read_shard(p)
 
+    def read_status(self, path: str) -> list[tuple[str, bool]]:
+        """(image path, failed) for each record of a shard; Parquet reads two columns only."""
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(io.BytesIO(self.fs.cat_file(path)), columns=["path", "error"])
+            return list(zip(t.column("path").to_pylist(), (e is not None for e in t.column("error").to_pylist())))
+        return [(r["path"], "error" in r) for r in self.read_shard(path)]
+
     def done_paths(self) -> set[str]:
         """Paths with a successful record (failed ones are tried again, as with the local --resume)."""
-        return {r["path"] for r in self.records() if "error" not in r}
+        return {p for shard in self.shards() for p, failed in self.read_status(shard) if not failed}
 
     # --- writing ------------------------------------------------------------
     def _put(self, name: str, data: bytes) -> None:
@@ -132,6 +141,8 @@ class ShardStore:
         without leaving two records for one image. Returns how many records were dropped."""
         dropped = 0
         for p in self.shards():
+            if not any(failed for _, failed in self.read_status(p)):
+                continue
             recs = self.read_shard(p)
             keep = [r for r in recs if "error" not in r]
             if len(keep) == len(recs):
