@@ -63,7 +63,7 @@ def image_sets(tmp: Path, n_faces: int, danbooru_copies: int) -> dict[str, list[
     if faces:
         sets[f"faces-128px x{len(faces)}"] = faces
     dan = sorted((DATA / "danbooru-512px").rglob("*.jpg"))
-    if dan:
+    if dan and danbooru_copies > 0:
         links = []
         for k in range(danbooru_copies):  # distinct paths (symlinks) to the 22 real posts
             d = tmp / "dan" / str(k)

@@ -115,7 +115,9 @@ def test_ray_engine_option_errors_before_starting_ray(tmp_path):
     assert r.returncode == 2 and "needs -o DIR" in r.stderr
     r = _cli("tag", str(img), "--engine", "ray", "--format", "csv", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "not --format csv" in r.stderr
-    assert not (tmp_path / "o").exists()
+    r = _cli("tag", str(img), "--engine", "ray", "-o", str(tmp_path / "tags.jsonl"))
+    assert r.returncode == 2 and "give a directory" in r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "tags.jsonl").exists()
 
 
 def test_local_engine_reads_manifests_too(tmp_path):
@@ -164,3 +166,22 @@ def test_replica_tags_like_the_local_tagger_urls_included(tmp_path):
     assert got[1].to_dict() == want
     assert got[2].error.startswith("cannot read") and got[3].error
     assert "smile" not in got[0].general
+
+
+def test_base_install_needs_no_ray_pyarrow_or_fsspec(tmp_path):
+    """With ray, pyarrow and fsspec unimportable the CLI still works, and --engine ray says what to install."""
+    code = r"""
+import sys
+for name in ("ray", "pyarrow", "fsspec"):
+    sys.modules[name] = None  # import fails as if not installed
+from animetagnet.cli import build_parser, main
+build_parser().parse_args(["tag", "x.jpg"])
+sys.exit(main(["tag", sys.argv[1], "--engine", "ray", "-o", sys.argv[2]]))
+"""
+    img = tmp_path / "a.png"
+    img.write_bytes(b"")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-c", code, str(img), str(tmp_path / "out")], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "needs Ray: pip install 'animetagnet[ray]'" in r.stderr

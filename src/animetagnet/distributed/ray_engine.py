@@ -31,17 +31,17 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ray engine (--engine ray; see docs/ray.md)")
     g.add_argument("--manifest", action="append", default=[], metavar="URL",
                    help="JSONL, Parquet or text manifest of image paths, local or any fsspec URL (also works locally)")
-    g.add_argument("--manifest-column", default=None, help="manifest column with the paths (default: path, image, file)")
+    g.add_argument("--manifest-column", default=None, metavar="NAME", help="manifest column with the paths (default: path, image, file)")
     g.add_argument("--shard-format", choices=SHARD_FORMATS, default=None,
                    help="result shards written into -o DIR (default parquet; jsonl with --format jsonl)")
-    g.add_argument("--shard-rows", type=int, default=10_000, help="records per result shard (default 10000)")
-    g.add_argument("--replicas", type=int, default=None,
+    g.add_argument("--shard-rows", type=int, default=10_000, metavar="N", help="records per result shard (default 10000)")
+    g.add_argument("--replicas", type=int, default=None, metavar="N",
                    help="model replicas (default: one per GPU, else one per --cpus-per-replica cores)")
-    g.add_argument("--cpus-per-replica", type=float, default=None, help="CPU cores reserved per replica (default 2)")
-    g.add_argument("--gpus-per-replica", type=float, default=None,
+    g.add_argument("--cpus-per-replica", type=float, default=None, metavar="N", help="CPU cores reserved per replica (default 2; 1 with a GPU)")
+    g.add_argument("--gpus-per-replica", type=float, default=None, metavar="N",
                    help="GPUs per replica (default 1 when the cluster has GPUs and --device is not cpu, else 0)")
-    g.add_argument("--ray-batch", type=int, default=None, help="images per Ray task (default: up to 256)")
-    g.add_argument("--max-task-retries", type=int, default=3,
+    g.add_argument("--ray-batch", type=int, default=None, metavar="N", help="images per Ray task (default: up to 256)")
+    g.add_argument("--max-task-retries", type=int, default=3, metavar="N",
                    help="times a batch is retried when its replica dies (default 3)")
 
 
@@ -219,7 +219,7 @@ class RayTagJob:
         ray = self.connect()
         plan = self.plan(ray, len(todo))
         summary["replicas"] = plan["replicas"]
-        self.say(f"Ray engine: {plan['replicas']} replicas x ({plan['cpus']:g} CPU, {plan['gpus']:g} GPU), "
+        self.say(f"Ray engine: {plan['replicas']} replica{'s' if plan['replicas'] != 1 else ''} x ({plan['cpus']:g} CPU, {plan['gpus']:g} GPU), "
                  f"batches of {plan['batch']}; {len(todo)} images to tag"
                  + (f", {skipped} already done (--resume)" if skipped else ""))
 
@@ -227,12 +227,11 @@ class RayTagJob:
         ctx.enable_progress_bars = False  # ours counts results from the whole cluster
         if self.quiet:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-        # One Arrow block per Ray task: compact on the driver even for millions of paths, and the
-        # unit that Ray hands to a replica (and retries).
-        import pyarrow as pa
-
-        table = pa.table({"path": pa.array(todo, pa.string())})
-        ds = ray.data.from_arrow([table.slice(i, plan["batch"]) for i in range(0, len(todo), plan["batch"])])
+        # One block per Ray task (the unit a replica gets, and that is retried). from_items builds
+        # the blocks in this process; from_arrow would start a metadata task per block, which
+        # waits for CPUs that the replicas hold.
+        ds = ray.data.from_items([{"path": p} for p in todo],
+                                 override_num_blocks=max(1, math.ceil(len(todo) / plan["batch"])))
         with warnings.catch_warnings():
             # Ray Data documents extra keyword arguments as the way to set actor fault tolerance;
             # recent versions warn that this will change, which users cannot act on.
@@ -269,7 +268,7 @@ class RayTagJob:
                        first_results_s=round(first, 3) if first is not None else None,
                        replica_processes=sorted(seen), shards=buffer.shards if buffer else [])
         devices = sorted({s.split(" ", 1)[1] for s in seen})
-        extra = f"Ray, {plan['replicas']} replicas on {', '.join(devices) or '?'}"
+        extra = f"Ray, {plan['replicas']} replica{'s' if plan['replicas'] != 1 else ''} on {', '.join(devices) or '?'}"
         if first is not None:  # start-up (actors, model loads) is paid once per run
             extra += f"; first results after {first:.1f} s"
         if buffer is not None:
@@ -296,6 +295,8 @@ def job_from_args(args, found, fmt: str, thresholds, tag_filter, style) -> RayTa
                          f"(--format txt), not --format {fmt}")
     if fmt != "txt" and not args.output:
         raise UsageError("--engine ray needs -o DIR for its result shards (a local directory or an fsspec URL)")
+    if args.output and args.output.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".txt")):
+        raise UsageError(f"-o {args.output}: --engine ray writes a directory of shards; give a directory (-o DIR)")
     shard_format = args.shard_format or ("jsonl" if args.format == "jsonl" else "parquet")
     captions = None
     if fmt == "txt":
