@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -142,6 +143,7 @@ def main() -> None:
                         remote = {r["path"]: r for r in read_results(str(out))}
                         rows[-1]["same_records_as_local"] = remote == local
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for r in rows:
         key = f"{r['model']} | {r['images']}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from animetagnet.distributed.ray_engine import TaggerReplica
+from animetagnet.distributed.replica import TaggerReplica
 
 FLAG_ENV = "ANIMETAGNET_TEST_CRASH_FLAG"
 

@@ -146,7 +146,7 @@ def test_replica_tags_like_the_local_tagger_urls_included(tmp_path):
 
     from animetagnet.formatting import TagFilter
     from animetagnet.postprocess import ThresholdOptions
-    from animetagnet.distributed.ray_engine import TaggerReplica
+    from animetagnet.distributed.replica import TaggerReplica
     from animetagnet.tagger import Tagger
 
     model = str(build_wd_model(tmp_path / "model"))
@@ -185,3 +185,45 @@ sys.exit(main(["tag", sys.argv[1], "--engine", "ray", "-o", sys.argv[2]]))
                        text=True, env=env, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "needs Ray: pip install 'animetagnet[ray]'" in r.stderr
+
+
+class _FakeRay:
+    def __init__(self, resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+@pytest.mark.parametrize("resources, options, expected", [
+    # CPU nodes: one replica per 2 cores, onnxruntime limited to the cores it reserved, never CUDA
+    ({"CPU": 16.0}, {}, {"replicas": 8, "cpus": 2.0, "gpus": 0.0, "device": "cpu", "threads": 2}),
+    ({"CPU": 2.0}, {}, {"replicas": 1, "cpus": 2.0, "gpus": 0.0, "device": "cpu", "threads": 2}),
+    # GPU nodes: one replica per GPU, device left to auto (CUDA when onnxruntime-gpu works)
+    ({"CPU": 32.0, "GPU": 4.0}, {}, {"replicas": 4, "cpus": 1.0, "gpus": 1.0, "device": "auto", "threads": None}),
+    ({"CPU": 32.0, "GPU": 4.0}, {"gpus_per_replica": 0.5}, {"replicas": 8, "gpus": 0.5}),
+    ({"CPU": 32.0, "GPU": 4.0}, {"device": "cpu", "cpus_per_replica": 4}, {"replicas": 8, "gpus": 0.0, "threads": 4}),
+    ({"CPU": 8.0}, {"replicas": 3, "cpus_per_replica": 1}, {"replicas": 3, "cpus": 1.0, "threads": 1}),
+])
+def test_replica_plan(resources, options, expected):
+    from animetagnet.distributed.ray_engine import RayTagJob
+
+    device = options.pop("device", "auto")
+    job = RayTagJob(paths=[], tagger_kwargs={"model": "m", "device": device, "threads": None},
+                    thresholds=None, tag_filter=None, **options)
+    plan = job.plan(_FakeRay(resources), n=10_000)
+    got = {"replicas": plan["replicas"], "cpus": plan["cpus"], "gpus": plan["gpus"],
+           "device": plan["tagger_kwargs"]["device"], "threads": plan["tagger_kwargs"]["threads"]}
+    assert {k: got[k] for k in expected} == expected
+    assert plan["batch"] == min(256, -(-10_000 // (plan["replicas"] * 4)))
+
+
+def test_replica_plan_refuses_what_the_cluster_lacks():
+    from animetagnet.distributed.ray_engine import RayTagJob
+
+    job = RayTagJob(paths=[], tagger_kwargs={"device": "auto"}, thresholds=None, tag_filter=None, gpus_per_replica=1)
+    with pytest.raises(UsageError, match="has 0 GPUs"):
+        job.plan(_FakeRay({"CPU": 4.0}), n=10)
+    job = RayTagJob(paths=[], tagger_kwargs={"device": "auto"}, thresholds=None, tag_filter=None, cpus_per_replica=8)
+    with pytest.raises(UsageError, match="has 4 CPUs"):
+        job.plan(_FakeRay({"CPU": 4.0}), n=10)

@@ -50,7 +50,10 @@ def add_manifests(found, urls: list[str], column: str | None = None) -> None:
 def read_manifest(url: str, column: str | None = None) -> list[str]:
     """Image paths listed in `url`: `.parquet`, `.jsonl`/`.ndjson`/`.json` (one object per line,
     compressed or not) or any other text file with one path per line (`#` comments allowed)."""
-    import fsspec
+    try:
+        import fsspec
+    except ImportError:
+        raise UsageError("--manifest needs fsspec (and pyarrow for Parquet): pip install 'animetagnet[ray]'") from None
 
     base = _base(url)
     name = url.lower()
