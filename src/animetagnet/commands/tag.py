@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..distributed.ray_engine import add_ray_options
 from ..images import DEFAULT_MAX_PIXELS
 
 EPILOG = """examples:
@@ -83,6 +84,7 @@ def register(sub) -> None:
     g.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+    add_ray_options(p)
     p.set_defaults(func=run)
 
 
@@ -127,13 +129,17 @@ def run(args) -> int:
     from ..outputs import make_writer
     from ..progress import Progress
 
-    if not args.paths and not args.input_list:
+    if not args.paths and not args.input_list and not args.manifest:
         raise UsageError("nothing to tag: give image files, directories, glob patterns or --input-list FILE")
     fmt = args.format or ("table" if sys.stdout.isatty() and not args.output else "jsonl")
     if args.output_dir and fmt != "txt":
         raise UsageError("--output-dir is for caption files (--format txt); use -o FILE for json/jsonl/csv")
     thresholds, tag_filter, style = build_options(args)
     found = collect_inputs(args.paths, recursive=args.recursive, list_files=args.input_list)
+    if args.manifest:
+        from ..distributed.manifest import add_manifests
+
+        add_manifests(found, args.manifest, args.manifest_column)
     for arg, reason in found.missing:
         print(f"animetagnet: {arg}: {reason}", file=sys.stderr)
 
