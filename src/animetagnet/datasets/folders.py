@@ -16,7 +16,8 @@ from typing import Iterator
 from ..images import is_image_path
 from .records import Record, SkipLog, normalize_tag
 
-_MD5_CROP = re.compile(r"^([0-9a-f]{32})(?:[-_]\d+)?$", re.IGNORECASE)
+# `<md5>-<k>`, and variants seen in real data such as `<md5>_promise-2` (a group picture).
+_MD5_CROP = re.compile(r"^([0-9a-f]{32})(?=$|[-_.])", re.IGNORECASE)
 _NUMERIC_PREFIX = re.compile(r"^\d+_(?=.)")
 CAPTION_SUFFIXES = (".txt", ".caption")
 
