@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from animetagnet.datasets.curation import CurationRules, parse_category_values, select_vocabulary
-from animetagnet.datasets.danbooru import RecordError, iter_posts, parse_post
+from animetagnet.datasets.danbooru import RecordError, iter_posts, parse_post, tag_id_of
 from animetagnet.datasets.folders import class_tag, group_of_file, prefix_rule, read_caption
 from animetagnet.datasets.records import SkipLog, normalize_tag
 from animetagnet.datasets.splits import bucket_of, parse_ratios, split_of
@@ -59,7 +59,7 @@ def test_parse_real_danbooru2017_record(data_dir):
     assert tags["1girl"] == 0 and tags["kakinouchi_narumi"] == 1
     assert tags["vampire_princess_miyu"] == 3 and tags["miyu_(vampire_princess_miyu)"] == 4
     assert post.rating == "general"  # 2017 "s" = safe, WD's "general"
-    assert dict(zip((n for n, _ in post.tags), post.tag_ids))["1girl"] == 470575
+    assert tag_id_of(dict(zip((n for n, _ in post.tags), post.tag_ids))["1girl"]) == 470575
 
 
 def test_parse_newer_record_shape():

@@ -107,14 +107,17 @@ def build_rules(args: argparse.Namespace):
     return rules
 
 
-def run(args: argparse.Namespace) -> int:
-    import time
-
-    from .prepare import PrepareOptions, failure_count, prepare_dataset, print_summary
+def options_from_args(args: argparse.Namespace):
+    from ..errors import UsageError
+    from ..vocab import Category
+    from .prepare import PrepareOptions
     from .splits import parse_ratios
 
-    started = time.monotonic()
-    opts = PrepareOptions(
+    try:
+        Category.parse(args.class_category)
+    except ValueError:
+        raise UsageError(f"--class-category: unknown category {args.class_category!r}") from None
+    return PrepareOptions(
         source=args.source,
         out=args.out,
         format=args.format,
@@ -132,15 +135,15 @@ def run(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
         progress=None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
     )
-    try:
-        from ..vocab import Category
 
-        Category.parse(opts.class_category)
-    except ValueError:
-        from ..errors import UsageError
 
-        raise UsageError(f"--class-category: unknown category {opts.class_category!r}") from None
-    info = prepare_dataset(opts)
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from .prepare import failure_count, prepare_dataset, print_summary
+
+    started = time.monotonic()
+    info = prepare_dataset(options_from_args(args))
     failed = failure_count(info)
     if not args.quiet:
         print_summary(info)

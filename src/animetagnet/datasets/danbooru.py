@@ -28,6 +28,8 @@ TAG_STRING_FIELDS = (
     ("tag_string_artist", 1),
     ("tag_string_meta", 5),
 )
+# Category values as the dumps write them (strings) and as newer ones do (numbers).
+_CATEGORIES: dict = {**{str(c): c for c in (0, 1, 3, 4, 5)}, **{c: c for c in (0, 1, 3, 4, 5)}}
 METADATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz")
 
 
@@ -37,7 +39,7 @@ class Post:
     md5: str | None
     parent_id: str | None
     tags: tuple[tuple[str, int | None], ...]
-    tag_ids: tuple[int, ...] | None
+    tag_ids: tuple | None  # raw Danbooru tag ids as found (strings in the dumps)
     rating: str | None
     file_ext: str | None
 
@@ -45,6 +47,13 @@ class Post:
     def group(self) -> str:
         """Split key: a child post goes with its parent (variants of one picture)."""
         return self.parent_id or self.id
+
+
+def tag_id_of(raw) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 0
 
 
 class RecordError(ValueError):
@@ -78,23 +87,15 @@ def parse_post(obj: object) -> Post:
     if isinstance(raw_tags, list):
         tag_ids = []
         for t in raw_tags:
-            if isinstance(t, dict):
+            if type(t) is dict:
                 name = t.get("name")
-                if not isinstance(name, str) or not name:
+                if type(name) is not str or not name:
                     continue
-                try:
-                    cat = int(t.get("category"))
-                except (TypeError, ValueError):
-                    cat = None
-                try:
-                    tid = int(t.get("id"))
-                except (TypeError, ValueError):
-                    tid = 0
-                tags.append((name, cat))
-                tag_ids.append(tid)
+                tags.append((name, _CATEGORIES.get(t.get("category"))))
+                tag_ids.append(t.get("id"))  # converted only when first needed (tag_id_of)
             elif isinstance(t, str) and t:
                 tags.append((t, None))
-                tag_ids.append(0)
+                tag_ids.append(None)
     elif any(f in obj for f, _ in TAG_STRING_FIELDS):
         ratings = CURRENT_RATINGS
         for fname, cat in TAG_STRING_FIELDS:

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 from ..errors import UsageError
 from ..images import is_image_path
-from .danbooru import Post, is_metadata_file, iter_posts, looks_like_metadata
+from .danbooru import Post, is_metadata_file, iter_posts, looks_like_metadata, tag_id_of
 from .folders import walk_sorted
 from .records import Record, SkipLog
 
@@ -141,9 +141,11 @@ def iter_post_records(
                 log.add("post without an image file", post.id)
                 continue
         if tag_ids is not None and post.tag_ids:
-            for (name, _cat), tid in zip(post.tags, post.tag_ids):
-                if tid and name not in tag_ids:
-                    tag_ids[name] = tid
+            for (name, _cat), raw in zip(post.tags, post.tag_ids):
+                if name not in tag_ids:
+                    tid = tag_id_of(raw)
+                    if tid:
+                        tag_ids[name] = tid
         yield Record(
             id=post.id,
             group=post.group,

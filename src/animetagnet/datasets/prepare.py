@@ -261,8 +261,12 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
 
     spool_path = out / f".prepare-spool.{os.getpid()}.jsonl"
     writers: list[_AtomicLines] = []
+    # Wall-clock phases, returned to the caller (benchmarks) but never written to the files.
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     try:
         n_read, n_spooled, merged, categories = _pass_read(opts, table, records, log, spool_path, say)
+        timings["read_s"] = time.perf_counter() - t0
         train_counts, rating_counts = _pass_count(spool_path, merged)
         vocab, selection = select_vocabulary(train_counts, categories, rating_counts, opts.rules, tag_ids)
         say(f"vocabulary: {len(vocab):,} tags selected of {len(train_counts):,} seen in train")
@@ -292,6 +296,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
         if dropped_empty:
             log.add("image with no vocabulary tag (dropped by --drop-untagged)", count=dropped_empty)
 
+        timings["count_select_write_s"] = time.perf_counter() - t0 - timings["read_s"]
         files: dict = {}
         for w in writers:
             w.commit()
@@ -346,6 +351,8 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
             for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
                 if (out / name).exists():
                     (out / name).unlink()
+        timings["total_s"] = time.perf_counter() - t0
+        info_with_stats["timings"] = {k: round(v, 3) for k, v in timings.items()}
         return info_with_stats
     finally:
         for w in writers:
@@ -406,16 +413,16 @@ def _resolve_tags(raw, table: TagTable, categories: dict[str, int]) -> list[list
     """Alias-map names, settle categories (the source's, else the tag table's, else general),
     drop repeats. `categories` remembers the first category seen for each name."""
     out: dict[str, int] = {}
+    if table:
+        raw = [(n, c if c is not None else table.category(table.canonical(n))) for n, c in raw]
+        raw = [(table.canonical(n), c) for n, c in raw]
     for name, cat in raw:
-        if table:
-            name = table.canonical(name)
-            if cat is None:
-                cat = table.category(name)
+        if name in out:
+            continue
         known = categories.get(name)
         if known is None:
             known = categories[name] = cat if cat is not None else 0
-        if name not in out:
-            out[name] = known
+        out[name] = known
     return [[n, c] for n, c in out.items()]
 
 
