@@ -291,3 +291,46 @@ def test_core_import_never_pulls_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(SRC)))
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_danbooru_newer_records_gzip_with_images_dir(data_dir, tmp_path):
+    import gzip
+
+    imgs = tmp_path / "imgs" / "nested"
+    imgs.mkdir(parents=True)
+    tagged = json.loads((data_dir / "danbooru-512px" / "tagged" / "tags.json").read_text())
+    lines = []
+    for i, (fname, tags) in enumerate(sorted(tagged.items())):
+        pid = int(Path(fname).stem)
+        data = (data_dir / "danbooru-512px" / "tagged" / fname).read_bytes()
+        md5 = __import__("hashlib").md5(data).hexdigest()
+        # half the files are named by md5, half by id
+        (imgs / (f"{md5}.jpg" if i % 2 else f"{pid}.jpg")).write_bytes(data)
+        lines.append(json.dumps({"id": pid, "md5": md5, "rating": "gsqe"[i % 4], "parent_id": None,
+                                 "tag_string_general": " ".join(tags), "tag_string_meta": "highres absurdres"}))
+    meta = tmp_path / "posts.jsonl.gz"
+    with gzip.open(meta, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    out = tmp_path / "ds"
+    res = run_cli("prepare", str(meta), "--images", str(tmp_path / "imgs"), "--out", str(out),
+                  "--min-count", "1", "--ratings", "--split", "50/25/25")
+    assert res.returncode == 0, res.stderr
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["source"]["format"] == "danbooru" and info["counts"]["records_kept"] == len(tagged)
+    assert info["split"]["ratios"] == {"train": 50.0, "val": 25.0, "test": 25.0}
+    vocab = Vocabulary.read_csv(out / "selected_tags.csv")
+    assert "highres" not in vocab and "absurdres" not in vocab
+    ratings = [t.name for t in vocab if t.category == 9]
+    assert ratings and set(ratings) <= {"general", "sensitive", "questionable", "explicit"}
+    res = run_cli("prepare", str(tmp_path), "--out", str(tmp_path / "inside"))
+    assert res.returncode == 2 and "inside the source" in res.stderr
+
+
+def test_original_rules_cover_less_than_frequency_rules(kaggle_tree, tmp_path):
+    """The coverage report exposes what the original project's tag filter throws away."""
+    cov = {}
+    for rules in ("frequency", "original"):
+        out = tmp_path / rules
+        run_cli("prepare", str(kaggle_tree["root"]), "--out", str(out), "--rules", rules, "--min-count", "1", "-q")
+        cov[rules] = json.loads((out / "stats.json").read_text())["splits"]["all"]["coverage"]["mean_all"]
+    assert cov["original"] < cov["frequency"]
