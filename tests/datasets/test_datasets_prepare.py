@@ -16,7 +16,7 @@ from animetagnet.datasets.prepare import PrepareOptions, detect_format, prepare_
 from animetagnet.errors import UsageError
 from animetagnet.vocab import Vocabulary
 
-from conftest import SRC, run_cli
+from ds_helpers import SRC, run_cli
 
 pytestmark = pytest.mark.realdata
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
