@@ -109,3 +109,24 @@ def build_kaggle_tree(data_dir: Path, root: Path) -> dict:
     return {"root": root / "kaggle", **info}
 
 
+
+
+class MainResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_main(*args: str) -> MainResult:
+    """The CLI in-process (same code path as `python -m animetagnet`, without the start-up cost)."""
+    import contextlib
+    import io
+
+    from animetagnet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as exc:  # argparse errors
+            rc = exc.code if isinstance(exc.code, int) else 2
+    return MainResult(rc, out.getvalue(), err.getvalue())

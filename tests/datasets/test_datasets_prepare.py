@@ -16,7 +16,7 @@ from animetagnet.datasets.prepare import PrepareOptions, detect_format, prepare_
 from animetagnet.errors import UsageError
 from animetagnet.vocab import Vocabulary
 
-from ds_helpers import SRC, run_cli
+from ds_helpers import SRC, run_cli, run_main
 
 pytestmark = pytest.mark.realdata
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
@@ -144,7 +144,7 @@ def test_kaggle_layout_end_to_end(kaggle_tree, tmp_path):
         assert set(r["tags"][1:]) == expected
     # rerun into a second directory: byte-identical
     out2 = tmp_path / "ds2"
-    assert run_cli("prepare", str(kaggle_tree["root"]), "--out", str(out2), "--min-count", "1", "--ratings", "-q").returncode == 1
+    assert run_main("prepare", str(kaggle_tree["root"]), "--out", str(out2), "--min-count", "1", "--ratings", "-q").returncode == 1
     assert file_bytes(out) == file_bytes(out2)
 
 
@@ -160,7 +160,7 @@ def test_kaggle_faces_part_strips_prefixes(kaggle_tree, tmp_path):
 def test_metadata_only_and_original_rules(kaggle_tree, tmp_path):
     meta_dir = kaggle_tree["root"] / "tagged-anime-illustrations" / "danbooru-metadata"
     out = tmp_path / "meta"
-    res = run_cli("prepare", str(meta_dir), "--out", str(out), "--metadata-only", "--rules", "original")
+    res = run_main("prepare", str(meta_dir), "--out", str(out), "--metadata-only", "--rules", "original", "--no-plot")
     assert res.returncode == 1, res.stderr  # the malformed line
     info = json.loads((out / "dataset.json").read_text())
     assert info["source"]["format"] == "danbooru" and info["image_paths"].startswith("none")
@@ -169,7 +169,7 @@ def test_metadata_only_and_original_rules(kaggle_tree, tmp_path):
     assert all(n.isalnum() for n in vocab.names) and "1girl" in vocab
     assert info["selection"]["original"]["multi_word_tags"] > 0
     # metadata without images and without --metadata-only is a usage error
-    res = run_cli("prepare", str(meta_dir), "--out", str(tmp_path / "x"))
+    res = run_main("prepare", str(meta_dir), "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "--images" in res.stderr
 
 
@@ -224,12 +224,12 @@ def test_output_directory_is_never_clobbered(data_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert not (out / "label_frequency.png").exists()
     assert "disabled" in json.loads((out / "stats.json").read_text())["plot_skipped"]
-    res = run_cli("prepare", str(small), "--out", str(out), "--min-count", "1")
+    res = run_main("prepare", str(small), "--out", str(out), "--min-count", "1")
     assert res.returncode == 2 and "--overwrite" in res.stderr
-    res = run_cli("prepare", str(small), "--out", str(out), "--min-count", "1", "--overwrite", "--class-category", "general")
+    res = run_main("prepare", str(small), "--out", str(out), "--min-count", "1", "--overwrite", "--class-category", "general", "--no-plot")
     assert res.returncode == 0, res.stderr
     assert {t.category.label for t in Vocabulary.read_csv(out / "selected_tags.csv")} == {"general"}
-    assert run_cli("dataset-stats", str(out)).stdout.startswith("# Dataset report")
+    assert run_main("dataset-stats", str(out)).stdout.startswith("# Dataset report")
 
 
 def test_unreadable_and_truncated_images_are_skipped(data_dir, tmp_path):
@@ -312,8 +312,8 @@ def test_danbooru_newer_records_gzip_with_images_dir(data_dir, tmp_path):
     with gzip.open(meta, "wt") as fh:
         fh.write("\n".join(lines) + "\n")
     out = tmp_path / "ds"
-    res = run_cli("prepare", str(meta), "--images", str(tmp_path / "imgs"), "--out", str(out),
-                  "--min-count", "1", "--ratings", "--split", "50/25/25")
+    res = run_main("prepare", str(meta), "--images", str(tmp_path / "imgs"), "--out", str(out),
+                   "--min-count", "1", "--ratings", "--split", "50/25/25", "--no-plot")
     assert res.returncode == 0, res.stderr
     info = json.loads((out / "dataset.json").read_text())
     assert info["source"]["format"] == "danbooru" and info["counts"]["records_kept"] == len(tagged)
@@ -322,7 +322,7 @@ def test_danbooru_newer_records_gzip_with_images_dir(data_dir, tmp_path):
     assert "highres" not in vocab and "absurdres" not in vocab
     ratings = [t.name for t in vocab if t.category == 9]
     assert ratings and set(ratings) <= {"general", "sensitive", "questionable", "explicit"}
-    res = run_cli("prepare", str(tmp_path), "--out", str(tmp_path / "inside"))
+    res = run_main("prepare", str(tmp_path), "--out", str(tmp_path / "inside"))
     assert res.returncode == 2 and "inside the source" in res.stderr
 
 
@@ -331,6 +331,6 @@ def test_original_rules_cover_less_than_frequency_rules(kaggle_tree, tmp_path):
     cov = {}
     for rules in ("frequency", "original"):
         out = tmp_path / rules
-        run_cli("prepare", str(kaggle_tree["root"]), "--out", str(out), "--rules", rules, "--min-count", "1", "-q")
+        run_main("prepare", str(kaggle_tree["root"]), "--out", str(out), "--rules", rules, "--min-count", "1", "-q", "--no-plot")
         cov[rules] = json.loads((out / "stats.json").read_text())["splits"]["all"]["coverage"]["mean_all"]
     assert cov["original"] < cov["frequency"]

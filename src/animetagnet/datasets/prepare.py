@@ -385,7 +385,8 @@ def _group_key_doc(fmt: str, part: str) -> str:
 
 def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, spool_path: Path, say):
     """Pass 1: check, deduplicate, split and spool. Returns counts, merges and categories."""
-    seen_ids: set[str] = set()
+    # Numeric ids are stored as ints: a third of the memory of the strings at 300k+ posts.
+    seen_ids: set = set()
     first_by_content: dict[bytes, int] = {}
     merged: dict[int, list[list]] = {}
     categories: dict[str, int] = {}
@@ -396,10 +397,11 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
             n_read += 1
             if n_read % 50_000 == 0:
                 say(f"{n_read:,} records read, {n_spooled:,} kept ({n_read / (time.monotonic() - started):,.0f}/s)")
-            if rec.id in seen_ids:
+            id_key = int(rec.id) if rec.id.isdigit() else rec.id
+            if id_key in seen_ids:
                 log.add("duplicate post id (later copy skipped)", rec.id)
                 continue
-            seen_ids.add(rec.id)
+            seen_ids.add(id_key)
             digest = None
             if rec.image is not None:
                 digest, problem = _check_image(rec.image, opts.verify)

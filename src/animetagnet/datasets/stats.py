@@ -8,6 +8,7 @@ coverage 0 has none of its true tags in the vocabulary: the original project's f
 
 from __future__ import annotations
 
+import hashlib
 import io
 import statistics
 from array import array
@@ -34,7 +35,9 @@ class SplitStats:
 
     def add(self, group: str, n_all: int, n_scope: int, n_kept: int) -> None:
         self.images += 1
-        self.groups.add(group)
+        # 64-bit digest instead of the string: distinct-post counting in bounded memory
+        # per post, deterministic across runs (unlike hash()), collisions negligible.
+        self.groups.add(int.from_bytes(hashlib.blake2b(group.encode("utf-8"), digest_size=8).digest(), "big"))
         self.tags_before.append(n_all)
         self.tags_after.append(n_kept)
         self.occ_all += n_all
