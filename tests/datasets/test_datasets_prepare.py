@@ -230,6 +230,11 @@ def test_output_directory_is_never_clobbered(data_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert {t.category.label for t in Vocabulary.read_csv(out / "selected_tags.csv")} == {"general"}
     assert run_main("dataset-stats", str(out)).stdout.startswith("# Dataset report")
+    # an interrupted run leaves our files without dataset.json: refused unless --overwrite
+    (out / "dataset.json").unlink()
+    assert run_main("prepare", str(small), "--out", str(out), "--min-count", "1", "-q").returncode == 2
+    assert run_main("prepare", str(small), "--out", str(out), "--min-count", "1", "-q", "--overwrite").returncode == 0
+    assert (out / "dataset.json").exists()
 
 
 def test_unreadable_and_truncated_images_are_skipped(data_dir, tmp_path):

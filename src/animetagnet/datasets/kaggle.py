@@ -160,7 +160,10 @@ def iter_post_records(
 
 def require_layout(layout: KaggleLayout, part: str) -> None:
     if part == "faces" and layout.faces_dir is None:
-        raise UsageError(f"{layout.root}: no moeimouto-faces folder found in the Kaggle layout")
+        raise UsageError(
+            f"{layout.root}: no moeimouto-faces folder found in the Kaggle layout "
+            "(to read a face folder directly, pass it with --format folders)"
+        )
     if part == "images" and not layout.metadata_files:
         raise UsageError(
             f"{layout.root}: no Danbooru metadata (JSON lines with post ids) found in the Kaggle layout"

@@ -213,11 +213,17 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out}: exists and is not a directory")
     if out.is_dir():
         entries = [e for e in os.listdir(out) if not e.startswith(".")]
+        ours = set(OUTPUT_FILES)
         if entries:
-            if not (out / "dataset.json").exists():
+            # An interrupted run leaves only our own file names (dataset.json is written last).
+            if not (out / "dataset.json").exists() and not set(entries) <= ours:
                 raise UsageError(f"--out {out}: directory is not empty and holds no dataset; refusing to write into it")
             if not overwrite:
                 raise UsageError(f"--out {out}: already holds a dataset; pass --overwrite to replace it")
+            # Remove the old marker first: until the new dataset.json lands, the directory
+            # is visibly incomplete rather than a mix of two datasets that looks finished.
+            if (out / "dataset.json").exists():
+                (out / "dataset.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
