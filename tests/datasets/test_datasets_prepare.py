@@ -289,8 +289,9 @@ def test_alias_merge_old_and_new_names(tmp_path):
 
 
 def test_core_import_never_pulls_torch():
-    code = ("import sys; sys.modules['torch'] = None; import animetagnet.cli as c; c.build_parser(); "
-            "import animetagnet.datasets.prepare, animetagnet.datasets.stats; "
+    code = ("import sys, argparse; sys.modules['torch'] = None; import animetagnet.datasets.cli as c; "
+            "c.register(argparse.ArgumentParser().add_subparsers()); "
+            "import animetagnet.datasets.prepare, animetagnet.datasets.stats, animetagnet.datasets.kaggle; "
             "assert 'matplotlib' not in sys.modules; print('ok')")
     import subprocess, os
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
