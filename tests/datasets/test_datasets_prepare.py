@@ -340,3 +340,24 @@ def test_original_rules_cover_less_than_frequency_rules(kaggle_tree, tmp_path):
         run_main("prepare", str(kaggle_tree["root"]), "--out", str(out), "--rules", rules, "--min-count", "1", "-q", "--no-plot")
         cov[rules] = json.loads((out / "stats.json").read_text())["splits"]["all"]["coverage"]["mean_all"]
     assert cov["original"] < cov["frequency"]
+
+
+def test_load_api_reads_back_what_prepare_wrote(faces_datasets, tmp_path):
+    from animetagnet.datasets import read_info, read_split, read_vocabulary
+
+    out, info = faces_datasets[0]
+    assert read_info(out)["counts"] == info["counts"]
+    vocab = read_vocabulary(out)
+    train = read_split(out, "train")
+    assert len(train) == info["counts"]["images"]["train"]
+    assert all(Path(e.image).is_absolute() and set(e.tags) <= set(vocab.names) for e in train)
+    # a hand-written dataset with a relative image path
+    hand = tmp_path / "hand"
+    hand.mkdir()
+    shutil.copy(train[0].image, hand / "a.jpg")
+    (hand / "val.jsonl").write_text(json.dumps({"id": "a", "image": "a.jpg", "tags": ["gawr_gura"]}) + "\n")
+    (ex,) = read_split(hand, "val")
+    assert ex.image == str(hand / "a.jpg") and ex.group == "a"
+    (hand / "test.jsonl").write_text("{broken\n")
+    with pytest.raises(UsageError, match="test.jsonl:1"):
+        read_split(hand, "test")
