@@ -256,6 +256,11 @@ def test_unreadable_and_truncated_images_are_skipped(data_dir, tmp_path):
     info = prepare_dataset(PrepareOptions(source=str(src), out=str(tmp_path / "f"), verify="full",
                                           rules=CurationRules(min_count={"*": 1})))
     assert info["counts"]["records_kept"] == 3
+    # the thread count never changes the output
+    for workers in (1, 3):
+        prepare_dataset(PrepareOptions(source=str(src), out=str(tmp_path / f"w{workers}"), verify="full",
+                                       workers=workers, rules=CurationRules(min_count={"*": 1})))
+        assert file_bytes(tmp_path / f"w{workers}") == file_bytes(tmp_path / "f")
     assert any(k.startswith("unusable image: cannot decode") for k in info["counts"]["skipped"])
 
 

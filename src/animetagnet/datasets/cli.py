@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 FORMAT_CHOICES = ("auto", "kaggle", "danbooru", "captions", "folders")
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
     src.add_argument("--verify", choices=("none", "header", "full"), default="header",
                      help="image check: none (exists), header (read + hash + parse header; default), "
                           "full (decode every image)")
+    src.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                     help="threads for reading, hashing and checking images (default: min(4, CPUs)); "
+                          "the output does not depend on it")
     src.add_argument("--tag-table", action="append", default=[], metavar="CSV",
                      help="Danbooru tag table (name,category,post_count,aliases), WD selected_tags.csv or "
                           "old,new alias rows: maps old tag names to current ones, fills unknown categories "
@@ -131,6 +135,7 @@ def options_from_args(args: argparse.Namespace):
         class_category=args.class_category,
         class_prefix=args.class_prefix,
         drop_untagged=args.drop_untagged,
+        workers=max(1, args.workers),
         overwrite=args.overwrite,
         plot=not args.no_plot,
         progress=None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),

@@ -62,6 +62,7 @@ class PrepareOptions:
     class_category: str = "character"
     class_prefix: str = "auto"
     drop_untagged: bool = False
+    workers: int = 2
     overwrite: bool = False
     plot: bool = True
     progress: Callable[[str], None] | None = None
@@ -399,7 +400,7 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
     n_read = n_spooled = 0
     started = time.monotonic()
     with open(spool_path, "w", encoding="utf-8", newline="\n") as spool:
-        for rec in records:
+        for rec, checked in _checked(records, opts.verify, opts.workers):
             n_read += 1
             if n_read % 50_000 == 0:
                 say(f"{n_read:,} records read, {n_spooled:,} kept ({n_read / (time.monotonic() - started):,.0f}/s)")
@@ -410,7 +411,7 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
             seen_ids.add(id_key)
             digest = None
             if rec.image is not None:
-                digest, problem = _check_image(rec.image, opts.verify)
+                digest, problem = checked
                 if problem:
                     log.add(problem, rec.image)
                     continue
@@ -429,6 +430,30 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
             n_spooled += 1
     say(f"{n_read:,} records read, {n_spooled:,} kept")
     return n_read, n_spooled, merged, categories
+
+
+def _checked(records: Iterator[Record], verify: str, workers: int, chunk: int = 256):
+    """(record, (digest, problem)) in source order; image checks run on `workers` threads.
+
+    File reads, md5 and Pillow's decoders release the GIL, so threads use both cores.
+    Records are taken `chunk` at a time, so memory stays bounded and order deterministic.
+    """
+    def check(rec: Record):
+        return _check_image(rec.image, verify) if rec.image is not None else (None, None)
+
+    if workers <= 1:
+        for rec in records:
+            yield rec, check(rec)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while True:
+            batch = list(islice(records, chunk))
+            if not batch:
+                return
+            yield from zip(batch, pool.map(check, batch))
 
 
 def _resolve_tags(raw, table: TagTable, categories: dict[str, int]) -> list[list]:
