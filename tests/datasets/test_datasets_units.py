@@ -72,6 +72,10 @@ def test_parse_newer_record_shape():
     assert dict(post.tags) == {"1girl": 0, "solo": 0, "hatsune_miku": 4, "vocaloid": 3, "someone": 1, "highres": 5}
     assert post.rating == "sensitive"  # newer exports: g/s/q/e
     assert parse_post({"id": "1", "tag_string_general": "a", "rating": "g"}).rating == "general"
+    odd = parse_post({"id": "12", "md5": "z" * 32, "parent_id": "inf", "tags": [{"name": "a"}, {"id": 3}, 7]})
+    assert odd.md5 is None and odd.parent_id is None and odd.tags == (("a", None),)
+    with pytest.raises(RecordError):
+        parse_post({"id": "1e400", "tags": []})
     with pytest.raises(RecordError):
         parse_post({"tags": []})
     with pytest.raises(RecordError):
@@ -160,3 +164,23 @@ def test_folder_names_and_groups(tmp_path):
     cap = tmp_path / "a.txt"
     cap.write_text("1girl, long hair, irys \\(hololive\\),\nsmile, long_hair\n")
     assert read_caption(str(cap)) == ["1girl", "long_hair", "irys_(hololive)", "smile"]
+
+
+def test_iter_posts_survives_fields_of_any_type(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    values = [None, True, 0, -1, 1.5, "", "x", "12", [], {}, [1], {"a": 1}, [{"name": ["x"]}],
+              [{"name": "ok", "category": ["0"]}], [{"name": "ok", "category": {"x": 1}, "id": []}]]
+    keys = ["id", "tags", "md5", "rating", "parent_id", "tag_string", "tag_string_general", "file_ext"]
+    lines = []
+    for _ in range(500):
+        obj = {k: rng.choice(values) for k in keys if rng.random() < 0.7}
+        lines.append(json.dumps(obj))
+    lines.append('{"id": "77", "tags": [{"name": "fine", "category": "0"}]}')
+    f = tmp_path / "fuzz.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    log = SkipLog()
+    posts = list(iter_posts([f], log))
+    assert posts[-1].id == "77" and posts[-1].tags == (("fine", 0),)
+    assert len(posts) + log.total() == len(lines)

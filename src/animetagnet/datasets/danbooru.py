@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -28,6 +29,7 @@ TAG_STRING_FIELDS = (
     ("tag_string_artist", 1),
     ("tag_string_meta", 5),
 )
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 # Category values as the dumps write them (strings) and as newer ones do (numbers).
 _CATEGORIES: dict = {**{str(c): c for c in (0, 1, 3, 4, 5)}, **{c: c for c in (0, 1, 3, 4, 5)}}
 METADATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz")
@@ -68,7 +70,7 @@ def _id_text(value) -> str | None:
         return None
     try:
         n = int(float(text)) if "." in text or "e" in text.lower() else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return str(n) if n > 0 else None
 
@@ -112,7 +114,7 @@ def parse_post(obj: object) -> Post:
     rating_letter = obj.get("rating")
     rating = ratings.get(rating_letter) if isinstance(rating_letter, str) else None
     md5 = obj.get("md5")
-    md5 = md5.lower() if isinstance(md5, str) and len(md5) == 32 else None
+    md5 = md5.lower() if isinstance(md5, str) and _HEX32.match(md5) else None
     ext = obj.get("file_ext")
     return Post(
         id=post_id,
@@ -173,8 +175,14 @@ def iter_posts(files: Iterable[Path], log: SkipLog) -> Iterator[Post]:
                         log.add("malformed JSON line", f"{path}:{lineno}")
                         continue
                     try:
-                        yield parse_post(obj)
+                        post = parse_post(obj)
                     except RecordError as exc:
                         log.add(str(exc), f"{path}:{lineno}")
+                        continue
+                    except (TypeError, ValueError, AttributeError):
+                        # Fields of unexpected types (a list where a string belongs, ...).
+                        log.add("malformed record (fields of the wrong type)", f"{path}:{lineno}")
+                        continue
+                    yield post
             except (OSError, EOFError) as exc:  # truncated gzip, I/O error mid-file
                 log.add("metadata file cut short", f"{path}:{lineno}: {exc}")
