@@ -12,7 +12,6 @@ split keys), never by the size of the metadata:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -22,27 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import ImageError, UsageError
+from ..errors import UsageError
 from ..fileio import atomic_write_text
-from ..images import load_image, open_image
-from ..vocab import Category
-from . import kaggle
 from .curation import CurationRules, select_vocabulary
-from .danbooru import is_metadata_file, looks_like_metadata
-from .folders import iter_captioned, iter_class_folders, walk_sorted
+from .output import AtomicLines, check_out_not_in_source, dumps, prepare_out_dir
 from .records import Record, SkipLog
+from .sources import FORMATS, VERIFY_MODES, checked_records, detect_format, open_source  # noqa: F401
 from .splits import DEFAULT_RATIOS, SPLITS, split_of
 from .stats import DatasetStats, label_frequency, plot_long_tail, render_markdown
 from .tagtable import TagTable
 
-FORMATS = ("kaggle", "danbooru", "captions", "folders")
-VERIFY_MODES = ("none", "header", "full")
 FORMAT_VERSION = 1
-#: Every file `prepare` writes; with --overwrite, stale ones from an earlier run are removed.
-OUTPUT_FILES = (
-    "selected_tags.csv", "train.jsonl", "val.jsonl", "test.jsonl",
-    "dataset.json", "stats.json", "report.md", "label_frequency.png",
-)
 SPLIT_FUNCTION = "bucket = int(sha1(group.encode('utf-8')).hexdigest()[:8], 16) % 10000; " \
     "train if bucket < 100*train, val if bucket < 100*(train+val), else test"
 
@@ -68,201 +57,6 @@ class PrepareOptions:
     progress: Callable[[str], None] | None = None
 
 
-# --- format detection --------------------------------------------------------------------
-
-def detect_format(source: Path, files_per_dir: int = 200, max_dirs: int = 2000) -> str:
-    """Guess the source format from a bounded look at the tree; UsageError when unsure.
-
-    Looks at no more than `files_per_dir` files in each of at most `max_dirs` folders, at
-    most 4 levels deep, so a 337k-image Kaggle tree is classified in well under a second.
-    """
-    if source.is_file():
-        if is_metadata_file(source):
-            return "danbooru"
-        raise UsageError(f"{source}: a file source must be Danbooru metadata (.json/.jsonl, optionally .gz)")
-    if not source.is_dir():
-        raise UsageError(f"source not found: {source}")
-    from ..images import is_image_path
-
-    images = captioned = top_images = metadata = dirs = 0
-    buckets = moeimouto = False
-    for dirpath, dirnames, filenames in walk_sorted(source):
-        dirs += 1
-        depth = 0 if dirpath == str(source) else os.path.relpath(dirpath, source).count(os.sep) + 1
-        name = os.path.basename(dirpath)
-        if depth and "moeimouto" in name.lower():
-            moeimouto = True
-            dirnames[:] = []
-        if depth and len(name) == 4 and name.isdigit():
-            buckets = True
-        sample = filenames[:files_per_dir]
-        stems = {os.path.splitext(f)[0] for f in sample if f.lower().endswith((".txt", ".caption"))}
-        for f in sample:
-            if is_image_path(f):
-                images += 1
-                top_images += depth == 0
-                captioned += os.path.splitext(f)[0] in stems
-            elif is_metadata_file(f) and metadata < 3 and looks_like_metadata(Path(dirpath) / f):
-                metadata += 1
-        if depth >= 4:
-            dirnames[:] = []
-        if dirs >= max_dirs:
-            break
-    if metadata and not images and not moeimouto:
-        return "danbooru"
-    if moeimouto or buckets or (metadata and images):
-        return "kaggle"
-    if captioned and captioned * 2 >= images:
-        return "captions"
-    if images and not top_images:
-        return "folders"
-    raise UsageError(
-        f"{source}: cannot tell the source format (found {images} images, {captioned} with "
-        f"captions, {metadata} metadata files); name it with --format {{{','.join(FORMATS)}}}"
-    )
-
-
-# --- reading -------------------------------------------------------------------------------
-
-def _open_source(opts: PrepareOptions, log: SkipLog, tag_ids: dict[str, int]) -> tuple[str, dict, Iterator[Record]]:
-    """(format, source description, record iterator)."""
-    source = Path(opts.source)
-    fmt = opts.format if opts.format != "auto" else detect_format(source)
-    desc: dict = {"path": opts.source, "format": fmt, "format_detected": opts.format == "auto"}
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; one of {', '.join(FORMATS)}")
-    if not source.exists():
-        raise UsageError(f"source not found: {source}")
-    if opts.metadata_only and fmt not in ("danbooru", "kaggle"):
-        raise UsageError("--metadata-only applies to Danbooru metadata sources only")
-    class_cat = int(Category.parse(opts.class_category))
-    if fmt == "folders":
-        desc["class_category"] = Category(class_cat).label
-        desc["class_prefix"] = opts.class_prefix
-        return fmt, desc, iter_class_folders(source, class_cat, log, opts.class_prefix)
-    if fmt == "captions":
-        return fmt, desc, iter_captioned(source, log)
-    if fmt == "kaggle":
-        layout = kaggle.find_layout(source)
-        desc["part"] = opts.kaggle_part
-        desc["layout"] = layout.describe()
-        kaggle.require_layout(layout, opts.kaggle_part)
-        if opts.kaggle_part == "faces":
-            desc["class_category"] = Category(class_cat).label
-            return fmt, desc, iter_class_folders(layout.faces_dir, class_cat, log, opts.class_prefix)
-        index = None
-        if not opts.metadata_only:
-            index = kaggle.ImageIndex.build([source], layout.faces_dir, log)
-            desc["image_files_indexed"] = len(index)
-        return fmt, desc, kaggle.iter_post_records(layout.metadata_files, index, log, tag_ids)
-    # danbooru: a metadata file, or a folder of them, plus --images
-    if source.is_file():
-        files = [source]
-    else:
-        files = [Path(d) / f for d, _, fs in walk_sorted(source) for f in fs if is_metadata_file(f)]
-        files = [f for f in files if looks_like_metadata(f)]
-        if not files:
-            raise UsageError(f"{source}: no Danbooru metadata files (.json/.jsonl lines with post ids)")
-    desc["metadata_files"] = len(files)
-    index = None
-    if opts.images:
-        desc["images"] = opts.images
-        if not Path(opts.images).is_dir():
-            raise UsageError(f"--images {opts.images}: not a directory")
-        index = kaggle.ImageIndex.build([Path(opts.images)], None, log)
-        desc["image_files_indexed"] = len(index)
-    elif not opts.metadata_only:
-        raise UsageError(
-            "Danbooru metadata needs --images DIR (image files named <post id> or <md5>), "
-            "or --metadata-only to curate the vocabulary and report statistics without images"
-        )
-    return fmt, desc, kaggle.iter_post_records(files, index, log, tag_ids)
-
-
-def _check_image(path: str, verify: str) -> tuple[bytes | None, str | None]:
-    """(content digest or None, skip reason or None). Reads each file once."""
-    if verify == "none":
-        return (None, None) if os.path.isfile(path) else (None, "image file missing")
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return None, "image file missing"
-    except OSError as exc:
-        return None, f"unreadable image file ({exc.strerror or exc})"
-    try:
-        if verify == "full":
-            load_image(data)
-        else:
-            open_image(data)
-    except ImageError as exc:
-        return None, f"unusable image: {exc.reason}"
-    return hashlib.md5(data).digest(), None
-
-
-# --- output helpers ------------------------------------------------------------------------
-
-def _check_out_not_in_source(source: Path, out: Path) -> None:
-    # The readers walk the source tree: an output inside it would be read back as input.
-    src, dst = os.path.abspath(source), os.path.abspath(out)
-    if os.path.isdir(src) and (dst == src or dst.startswith(src.rstrip(os.sep) + os.sep)):
-        raise UsageError(f"--out {out}: must not be inside the source folder {source}")
-
-
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    if out.is_dir():
-        entries = [e for e in os.listdir(out) if not e.startswith(".")]
-        ours = set(OUTPUT_FILES)
-        if entries:
-            # An interrupted run leaves only our own file names (dataset.json is written last).
-            if not (out / "dataset.json").exists() and not set(entries) <= ours:
-                raise UsageError(f"--out {out}: directory is not empty and holds no dataset; refusing to write into it")
-            if not overwrite:
-                raise UsageError(f"--out {out}: already holds a dataset; pass --overwrite to replace it")
-            # Remove the old marker first: until the new dataset.json lands, the directory
-            # is visibly incomplete rather than a mix of two datasets that looks finished.
-            if (out / "dataset.json").exists():
-                (out / "dataset.json").unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-class _AtomicLines:
-    """Stream lines into a temporary file beside `path`; `commit` renames it into place."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.fh = open(self.tmp, "w", encoding="utf-8", newline="\n")
-        self.sha = hashlib.sha256()
-        self.lines = 0
-
-    def write(self, line: str) -> None:
-        data = line + "\n"
-        self.fh.write(data)
-        self.sha.update(data.encode("utf-8"))
-        self.lines += 1
-
-    def commit(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        if not self.fh.closed:
-            self.fh.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
 # --- the pipeline --------------------------------------------------------------------------
 
 def prepare_dataset(opts: PrepareOptions) -> dict:
@@ -275,13 +69,13 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
         table.load(path)
     log = SkipLog()
     tag_ids: dict[str, int] = {}
-    _check_out_not_in_source(Path(opts.source), out)
-    fmt, desc, records = _open_source(opts, log, tag_ids)
-    _prepare_out_dir(out, opts.overwrite)
+    check_out_not_in_source(Path(opts.source), out)
+    fmt, desc, records = open_source(opts, log, tag_ids)
+    prepare_out_dir(out, opts.overwrite)
     say = opts.progress or (lambda msg: None)
 
     spool_path = out / f".prepare-spool.{os.getpid()}.jsonl"
-    writers: list[_AtomicLines] = []
+    writers: list[AtomicLines] = []
     # Wall-clock phases, returned to the caller (benchmarks) but never written to the files.
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -296,7 +90,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
         split_counts = Counter()
         dropped_empty = 0
         if not opts.metadata_only:
-            writers = [_AtomicLines(out / f"{s}.jsonl") for s in SPLITS]
+            writers = [AtomicLines(out / f"{s}.jsonl") for s in SPLITS]
         by_split = dict(zip(SPLITS, writers))
         allowed = opts.rules.category_set()
         excluded = set(opts.rules.exclude)
@@ -313,7 +107,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
                 continue
             split_counts[split] += 1
             if by_split:
-                by_split[split].write(_dumps({"id": rid, "image": os.path.abspath(image), "tags": kept, "group": group}))
+                by_split[split].write(dumps({"id": rid, "image": os.path.abspath(image), "tags": kept, "group": group}))
         if dropped_empty:
             log.add("image with no vocabulary tag (dropped by --drop-untagged)", count=dropped_empty)
 
@@ -400,7 +194,7 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
     n_read = n_spooled = 0
     started = time.monotonic()
     with open(spool_path, "w", encoding="utf-8", newline="\n") as spool:
-        for rec, checked in _checked(records, opts.verify, opts.workers):
+        for rec, checked in checked_records(records, opts.verify, opts.workers):
             n_read += 1
             if n_read % 50_000 == 0:
                 say(f"{n_read:,} records read, {n_spooled:,} kept ({n_read / (time.monotonic() - started):,.0f}/s)")
@@ -426,34 +220,10 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
                     continue
                 first_by_content[digest] = n_spooled
             split = split_of(rec.group, opts.ratios)
-            spool.write(_dumps([rec.id, rec.group, rec.image, split, tags, rec.rating]) + "\n")
+            spool.write(dumps([rec.id, rec.group, rec.image, split, tags, rec.rating]) + "\n")
             n_spooled += 1
     say(f"{n_read:,} records read, {n_spooled:,} kept")
     return n_read, n_spooled, merged, categories
-
-
-def _checked(records: Iterator[Record], verify: str, workers: int, chunk: int = 256):
-    """(record, (digest, problem)) in source order; image checks run on `workers` threads.
-
-    File reads, md5 and Pillow's decoders release the GIL, so threads use both cores.
-    Records are taken `chunk` at a time, so memory stays bounded and order deterministic.
-    """
-    def check(rec: Record):
-        return _check_image(rec.image, verify) if rec.image is not None else (None, None)
-
-    if workers <= 1:
-        for rec in records:
-            yield rec, check(rec)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-    from itertools import islice
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        while True:
-            batch = list(islice(records, chunk))
-            if not batch:
-                return
-            yield from zip(batch, pool.map(check, batch))
 
 
 def _resolve_tags(raw, table: TagTable, categories: dict[str, int]) -> list[list]:
