@@ -194,7 +194,9 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
     n_read = n_spooled = 0
     started = time.monotonic()
     with open(spool_path, "w", encoding="utf-8", newline="\n") as spool:
-        for rec, checked in checked_records(records, opts.verify, opts.workers):
+        # No file work to share out without images or checks: threads would only add overhead.
+        workers = 1 if opts.metadata_only or opts.verify == "none" else opts.workers
+        for rec, checked in checked_records(records, opts.verify, workers):
             n_read += 1
             if n_read % 50_000 == 0:
                 say(f"{n_read:,} records read, {n_spooled:,} kept ({n_read / (time.monotonic() - started):,.0f}/s)")
