@@ -10,7 +10,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from cli_helpers import run_cli
 
 
 @pytest.fixture()
@@ -149,3 +149,23 @@ def test_usage_errors(tiny_model, tmp_path):
     assert proc.returncode == 2 and "between 0 and 1" in proc.stderr
     proc = run_cli("tag", str(tmp_path), "--model", str(tiny_model), "-f", "jsonl", "--resume")
     assert proc.returncode == 2 and "--resume needs" in proc.stderr
+
+
+def test_atomic_writes_keep_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from animetagnet.fileio import atomic_write_text
+
+    new = tmp_path / "new.txt"
+    old_mask = os.umask(0o022)
+    try:
+        atomic_write_text(new, "a")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644  # not mkstemp's 0600
+    existing = tmp_path / "existing.txt"
+    existing.write_text("x")
+    existing.chmod(0o640)
+    atomic_write_text(existing, "y")
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640 and existing.read_text() == "y"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import REPO
+from cli_helpers import REPO
 
 
 def test_tagging_works_with_torch_unimportable(tiny_model, real_images, tmp_path):
