@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..datasets.load import iter_split
 from ..vocab import Vocabulary
 
 SPLITS = ("train", "val", "test")
@@ -57,28 +57,16 @@ def load_split(dataset_dir: str | Path, split: str, *, limit: int | None = None)
                          f"{', '.join(s for s in SPLITS if (root / f'{s}.jsonl').is_file()) or 'none'})")
     records: list[Record] = []
     unknown: Counter = Counter()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                image = str(obj["image"])
-                tags = [str(t) for t in obj.get("tags") or []]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise UsageError(f"{path}:{lineno}: bad record ({type(exc).__name__}: {exc})") from None
-            img = Path(image)
-            if not img.is_absolute():
-                img = root / img
-            known = []
-            for t in tags:
-                if t in vocab:
-                    known.append(t)
-                else:
-                    unknown[t] += 1
-            records.append(Record(id=str(obj.get("id", lineno)), image=str(img), tags=known))
-            if limit is not None and len(records) >= limit:
-                break
+    for example in iter_split(root, split):  # the one reader of split files
+        known = []
+        for t in example.tags:
+            if t in vocab:
+                known.append(t)
+            else:
+                unknown[t] += 1
+        records.append(Record(id=example.id, image=example.image, tags=known))
+        if limit is not None and len(records) >= limit:
+            break
     if not records:
         raise UsageError(f"{path}: the {split} split is empty")
     return SplitData(dataset_dir=root, split=split, vocab=vocab, records=records, unknown_labels=unknown)
