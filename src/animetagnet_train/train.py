@@ -1,0 +1,386 @@
+"""The training loop: one run directory in, checkpoints, metrics and the best weights out; resumable at any step."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from animetagnet.fileio import atomic_write_text
+from animetagnet.vocab import Vocabulary
+
+from . import checkpoint, config as config_mod, data, losses, metrics
+from . import model as model_mod
+from .config import RunConfig
+from .distributed import Dist, pick_device, setup
+from .errors import TrainingError
+
+HIGHER_IS_BETTER = {"map": True, "macro_f1": True, "micro_f1": True, "top1": True, "loss": False}
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
+    """Linear warmup then cosine to base*min_ratio; a pure function of the step, so resuming needs no scheduler state."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(cfg: config_mod.OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Norm layers and biases are not weight-decayed (standard for CNNs and ViTs alike).
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0], nesterov=True)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    # Warm the decay up so that an EMA of a from-scratch model is not dominated by random init.
+    d = min(decay, (1 + step) / (10 + step))
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.mul_(d).add_(m.detach(), alpha=1 - d)
+        else:
+            e.copy_(m)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device, amp_ctx) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    probs, targets = [], []
+    for images, target in loader:
+        with amp_ctx():
+            logits = model(images.to(device, non_blocking=True))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(target.numpy())
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+def _bce(probs: np.ndarray, targets: np.ndarray) -> float:
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    keys: list[str] = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT: finish the current step, checkpoint, exit (a second signal kills as usual)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Result:
+    run_dir: Path
+    stopped: bool = False
+    interrupted: bool = False
+    best: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run_dir / "tensorboard"))
+    except Exception:  # noqa: BLE001 - optional: tensorboard not installed
+        return None
+
+
+def _log(dist: Dist, msg: str) -> None:
+    if dist.main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bool, dataset_dir: Path) -> None:
+    state = run_dir / "checkpoints" / checkpoint.STATE_FILE
+    if resume:
+        if not state.is_file():
+            raise TrainingError(f"--resume: {run_dir} has no checkpoint to resume from ({state} missing)")
+        saved = Vocabulary.read_csv(run_dir / "selected_tags.csv")
+        if saved.names != vocab.names:
+            raise TrainingError(
+                f"--resume: the dataset's vocabulary ({len(vocab)} tags) differs from the run's ({len(saved)} tags)"
+            )
+        return
+    if state.is_file():
+        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
+    vocab.write_csv(run_dir / "selected_tags.csv")
+    atomic_write_text(run_dir / "run.json", json.dumps({"dataset": str(dataset_dir.resolve())}, indent=2) + "\n")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def train(dataset_dir: str | Path, run_dir: str | Path, cfg: RunConfig, resume: bool = False) -> Result:
+    try:
+        return _train(Path(dataset_dir), Path(run_dir), cfg, resume)
+    except RuntimeError as exc:
+        if _out_of_memory(exc):
+            raise TrainingError(
+                f"out of memory with data.batch_size={cfg.data.batch_size} at model.image_size={cfg.model.image_size}; "
+                "lower the batch size (e.g. --set data.batch_size=16) or the image size"
+            ) from None
+        raise
+
+
+def _train(dataset_dir: Path, run_dir: Path, cfg: RunConfig, resume: bool) -> Result:
+    t_cfg = cfg.train
+    device = pick_device(t_cfg.device)
+    dist = setup(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if t_cfg.threads > 0:
+        torch.set_num_threads(t_cfg.threads)
+    ds = data.open_dataset(dataset_dir)
+    vocab = ds.vocab
+    if "val" not in ds.splits:
+        raise TrainingError(f"{dataset_dir}: val.jsonl is missing (needed to pick the best checkpoint)")
+
+    torch.manual_seed(t_cfg.seed)
+    net, init_info = model_mod.build(cfg.model, vocab)
+    if dist.main:
+        prepare_run_dir(run_dir, cfg, vocab, resume, dataset_dir)
+    dist.barrier()
+
+    use_cuda = device.type == "cuda"
+    channels_last = t_cfg.channels_last == "on" or (t_cfg.channels_last == "auto" and use_cuda)
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    amp = t_cfg.amp
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if use_cuda else "off"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+    def amp_ctx():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    ema = copy.deepcopy(net).eval() if cfg.optim.ema_decay > 0 else None
+    if ema is not None:
+        for p in ema.parameters():
+            p.requires_grad_(False)
+    optimizer = make_optimizer(cfg.optim, net)
+    criterion = losses.build(cfg.loss, ds.tag_counts("train")).to(device)
+
+    train_split, val_split = ds.split("train"), ds.split("val")
+    if cfg.data.limit_train:
+        train_split = data.Split(*(x[: cfg.data.limit_train] for x in (train_split.ids, train_split.paths, train_split.labels)))
+    if cfg.data.limit_val:
+        val_split = data.Split(*(x[: cfg.data.limit_val] for x in (val_split.ids, val_split.paths, val_split.labels)))
+    size = cfg.model.image_size
+    train_ds = data.TagDataset(train_split, len(vocab), size, cfg.data.augment, seed=t_cfg.seed)
+    val_ds = data.TagDataset(val_split, len(vocab), size, None)
+    sampler = data.EpochSampler(len(train_ds), t_cfg.seed, shuffle=True, rank=dist.rank, world=dist.world)
+    bs = cfg.data.batch_size
+    drop_last = len(sampler) >= 2 * bs
+    steps_per_epoch = len(sampler) // bs if drop_last else math.ceil(len(sampler) / bs)
+    total_steps = steps_per_epoch * t_cfg.epochs
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    val_loader = data.make_loader(
+        val_ds, data.EpochSampler(len(val_ds), 0, shuffle=False), cfg.data.val_batch_size or bs,
+        cfg.data.workers, use_cuda, False,
+    )
+
+    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "history": []}
+    if resume:
+        progress = checkpoint.load_state(run_dir, net, ema, optimizer, scaler)
+        _log(dist, f"resuming {run_dir} at epoch {progress['epoch'] + 1}, step {progress['global_step']}")
+    train_net = net
+    if dist.enabled:
+        train_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
+
+    tb = _tensorboard(run_dir) if dist.main else None
+    metric = t_cfg.select_metric
+    higher = HIGHER_IS_BETTER[metric]
+    result = Result(run_dir)
+    show_bar = t_cfg.progress and dist.main
+    if dist.main:
+        _log(dist, f"training {cfg.model.backbone}@{size} on {device} ({dist.world} process(es)), "
+                   f"{len(train_split.paths)} train / {len(val_split.paths)} val images, {len(vocab)} tags, "
+                   f"{steps_per_epoch} steps/epoch x {t_cfg.epochs} epochs, amp={amp}, channels_last={channels_last}")
+
+    def save(progress_rec: dict) -> None:
+        if dist.main:
+            checkpoint.save_state(run_dir, net, ema, optimizer, scaler, progress_rec)
+            checkpoint.save_weights(run_dir / "checkpoints" / "last.safetensors", net.state_dict(),
+                                    {"global_step": progress_rec["global_step"]})
+        dist.barrier()
+
+    with _StopFlag() as stop:
+        for epoch in range(progress["epoch"], t_cfg.epochs):
+            start_step = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
+            train_ds.epoch = epoch
+            sampler.set_epoch(epoch, start_step * bs)
+            loader = data.make_loader(train_ds, sampler, bs, cfg.data.workers, use_cuda, drop_last)
+            train_net.train()
+            bar = None
+            if show_bar:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{t_cfg.epochs}",
+                           unit="step", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                           dynamic_ncols=True)
+            t_epoch = time.perf_counter()
+            wait_s = 0.0
+            seen = 0
+            # Carried in the checkpoint so a resumed epoch reports the same mean loss.
+            loss_sum, loss_n = (progress.get("loss_sum", 0.0), progress.get("loss_n", 0)) if start_step else (0.0, 0)
+            t_last = time.perf_counter()
+            step = start_step
+            for images, targets in loader:
+                t_got = time.perf_counter()
+                wait_s += t_got - t_last
+                gstep = progress["global_step"]
+                lr = lr_at(gstep, total_steps, warmup, cfg.optim.lr, cfg.optim.min_lr_ratio)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                images = images.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with amp_ctx():
+                    logits = train_net(images)
+                loss = criterion(logits, targets)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.optim.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema_update(ema, net, cfg.optim.ema_decay, gstep)
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise TrainingError(f"loss became {lv} at step {gstep}; lower optim.lr or check the data")
+                loss_sum += lv
+                loss_n += 1
+                seen += images.shape[0]
+                step += 1
+                progress["global_step"] = gstep + 1
+                progress["step_in_epoch"] = step
+                progress["epoch"] = epoch
+                progress["loss_sum"], progress["loss_n"] = loss_sum, loss_n
+                t_last = time.perf_counter()
+                if bar is not None:
+                    elapsed = t_last - t_epoch
+                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen * dist.world / max(elapsed, 1e-9):.1f}",
+                                    wait=f"{wait_s / max(elapsed, 1e-9):.0%}", lr=f"{lr:.2e}", refresh=False)
+                    bar.update(1)
+                if tb is not None:
+                    tb.add_scalar("train/loss", lv, gstep + 1)
+                    tb.add_scalar("train/lr", lr, gstep + 1)
+                if t_cfg.checkpoint_every_steps and progress["global_step"] % t_cfg.checkpoint_every_steps == 0 and step < steps_per_epoch:
+                    save(progress)
+                if t_cfg.stop_after_steps and progress["global_step"] >= t_cfg.stop_after_steps:
+                    result.stopped = True  # emulated crash: no checkpoint beyond the last periodic one
+                    break
+                if stop.signal is not None:
+                    save(progress)
+                    result.interrupted = True
+                    break
+            if bar is not None:
+                bar.close()
+            if result.stopped or result.interrupted:
+                break
+            elapsed = time.perf_counter() - t_epoch
+            row = {
+                "epoch": epoch + 1,
+                "step": progress["global_step"],
+                "train_loss": dist.mean(loss_sum / max(loss_n, 1)),
+                "lr": lr_at(progress["global_step"] - 1, total_steps, warmup, cfg.optim.lr, cfg.optim.min_lr_ratio),
+                "images_per_s": dist.world * seen / max(elapsed, 1e-9),
+                "data_wait_share": wait_s / max(elapsed, 1e-9),
+                "epoch_time_s": elapsed,
+            }
+            if dist.main:
+                eval_net = ema if ema is not None else net
+                t_val = time.perf_counter()
+                probs, tgts = predict(eval_net, val_loader, device, amp_ctx)
+                row.update({f"val_{k}": v for k, v in metrics.evaluate(probs, tgts).items()})
+                row["val_loss"] = _bce(probs, tgts)
+                row["val_time_s"] = time.perf_counter() - t_val
+                value = row[f"val_{metric}"]
+                best = progress["best"]
+                improved = best is None or (value > best["value"] if higher else value < best["value"])
+                row["best"] = improved
+                if improved:
+                    progress["best"] = {"epoch": epoch + 1, "metric": metric, "value": value,
+                                        **{k: row[k] for k in row if k.startswith("val_")}}
+                    checkpoint.save_weights(run_dir / "checkpoints" / "best.safetensors", eval_net.state_dict(),
+                                            {"epoch": epoch + 1, "metric": metric, "value": value, "ema": ema is not None})
+                if tb is not None:
+                    for k, v in row.items():
+                        if isinstance(v, (int, float)) and k not in ("epoch", "step", "best"):
+                            tb.add_scalar(k.replace("val_", "val/"), v, epoch + 1)
+                _log(dist, "epoch {epoch}: loss {train_loss:.4f}, val mAP {val_map:.4f}, macro-F1@0.5 {val_macro_f1:.4f}, "
+                           "top-1 {val_top1:.4f}, {images_per_s:.1f} img/s, data wait {data_wait_share:.0%}".format(**row))
+            progress["history"].append(row)
+            progress["epoch"] = epoch + 1
+            progress["step_in_epoch"] = 0
+            if dist.main:
+                write_metrics(run_dir, progress["history"])
+            save(progress)
+            if stop.signal is not None:
+                result.interrupted = True
+                break
+    if tb is not None:
+        tb.close()
+    result.best = progress["best"] or {}
+    result.history = progress["history"]
+    dist.close()
+    return result
