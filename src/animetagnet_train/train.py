@@ -141,6 +141,16 @@ def _log(dist: Dist, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _diff(a: dict, b: dict, prefix: str = "") -> dict:
+    out = {}
+    for k in b:
+        if isinstance(b[k], dict):
+            out.update(_diff(a.get(k, {}), b[k], f"{prefix}{k}."))
+        elif a.get(k) != b[k]:
+            out[f"{prefix}{k}"] = [a.get(k), b[k]]
+    return out
+
+
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bool, dataset_dir: Path) -> None:
     state = run_dir / "checkpoints" / checkpoint.STATE_FILE
     if resume:
@@ -151,6 +161,14 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bo
             raise TrainingError(
                 f"--resume: the dataset's vocabulary ({len(vocab)} tags) differs from the run's ({len(saved)} tags)"
             )
+        before = config_mod.load(run_dir / "config.yaml")
+        if before != cfg:
+            # Overrides given with --resume (e.g. more epochs) become the run's config; the change is logged.
+            changes = _diff(config_mod.to_dict(before), config_mod.to_dict(cfg))
+            atomic_write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
+            info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+            info.setdefault("resumed_with", []).append(changes)
+            atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
         return
     if state.is_file():
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
