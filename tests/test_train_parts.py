@@ -93,3 +93,38 @@ def test_model_takes_nhwc_bgr_pixels():
     bgr[..., 0] = 255.0  # pure blue in BGR
     out = net(bgr)[0]
     assert torch.allclose(out, torch.tensor([-1.0, -1.0, 1.0]))  # RGB order, normalised to [-1, 1]
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb", "sgd"])
+def test_optimizers_build_and_step(name):
+    from animetagnet_train.config import OptimConfig
+    from animetagnet_train.train import make_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    opt = make_optimizer(OptimConfig(name=name, lr=0.1), net)
+    before = net[0].weight.detach().clone()
+    net(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, net[0].weight)
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # norms and biases are not decayed
+
+
+def test_out_of_memory_becomes_a_clear_error(monkeypatch, tmp_path):
+    from animetagnet_train import config, train as train_mod
+    from animetagnet_train.errors import TrainingError
+
+    def boom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(train_mod, "_train", boom)
+    with pytest.raises(TrainingError, match="batch_size"):
+        train_mod.train(tmp_path, tmp_path / "run", config.RunConfig())
+
+
+def test_training_code_never_unpickles():
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "animetagnet_train"
+    for f in src.glob("*.py"):
+        text = f.read_text()
+        assert "torch.load(" not in text and "import pickle" not in text, f.name

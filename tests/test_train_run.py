@@ -140,9 +140,12 @@ def test_fine_tune_from_a_wd_style_timm_checkpoint(smoke_run, tmp_path):
     wd.mkdir()
     save_file({k: v.contiguous() for k, v in net.backbone.state_dict().items()}, str(wd / "model.safetensors"))
     (wd / "config.json").write_text(json.dumps({"architecture": "test_resnet", "num_classes": len(vocab),
+                                                "model_args": {"global_pool": "avg"},
                                                 "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
     vocab.write_csv(wd / "selected_tags.csv")
-    tuned, info = model_mod.build(smoke_cfg(f"model.init_from={wd}").model, vocab)
+    cfg = smoke_cfg(f"model.init_from={wd}")
+    tuned, info = model_mod.build(cfg.model, vocab)
+    assert cfg.model.timm_args == {"global_pool": "avg"}  # recorded, so export rebuilds the same architecture
     x = torch.rand(2, 32, 32, 3) * 255
     with torch.no_grad():
         assert torch.allclose(tuned.eval()(x), net(x))

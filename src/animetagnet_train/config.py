@@ -27,6 +27,8 @@ class ModelConfig:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # Extra timm.create_model arguments (filled from a WD/timm config.json's model_args).
+    timm_args: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +113,10 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             raise UsageError(f"config {where}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"config {where}: expected a mapping, got {value!r}")
+        return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -57,6 +57,7 @@ def create(cfg: ModelConfig, num_tags: int) -> Tagger:
             num_classes=num_tags,
             drop_rate=cfg.drop_rate,
             drop_path_rate=cfg.drop_path_rate or None,
+            **cfg.timm_args,
         )
     except RuntimeError as exc:
         raise TrainingError(f"unknown timm model {cfg.backbone!r}: {exc}") from None
@@ -162,6 +163,9 @@ def build(cfg: ModelConfig, vocab: Vocabulary) -> tuple[Tagger, dict]:
         # The checkpoint's normalisation travels with its weights (recorded in the resolved config).
         if "mean" in pre and "std" in pre:
             cfg.mean, cfg.std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
+    if timm_cfg and timm_cfg.get("model_args"):
+        # e.g. a WD v3 ViT's img_size=448: the architecture must match the weights (saved in the run's config).
+        cfg.timm_args = {**timm_cfg["model_args"], **cfg.timm_args}
     model = create(cfg, len(vocab))
     state = load_file(str(weights))  # safetensors: tensors only, nothing is unpickled
     # Our own weights are saved from the Tagger (prefix "backbone."); WD/timm ones from the bare network.
