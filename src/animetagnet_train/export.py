@@ -65,15 +65,24 @@ def load_run(run_dir: Path, weights: str = "best"):
 
 
 def to_onnx_bytes(net: torch.nn.Module, size: int, opset: int = 17) -> bytes:
+    import warnings
+
     buf = io.BytesIO()
     dummy = torch.zeros(2, size, size, 3) + 128.0
+    # The TorchScript exporter is deprecated but needs no onnxscript; its warnings are noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(net, dummy, buf, opset)
+    return buf.getvalue()
+
+
+def _export(net: torch.nn.Module, dummy: torch.Tensor, buf: io.BytesIO, opset: int) -> None:
     torch.onnx.export(
         _WithSigmoid(net).eval(), (dummy,), buf,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         opset_version=opset, do_constant_folding=True, dynamo=False,
     )
-    return buf.getvalue()
 
 
 def session(path: Path, threads: int = 0):
