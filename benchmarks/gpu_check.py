@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="resnet50")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--device", default="cuda", help="cpu only to dry-run this script")
     a = ap.parse_args()
 
     import torch
@@ -33,20 +34,21 @@ def main() -> None:
     from animetagnet_train.train import train
     from train_helpers import make_synthetic
 
-    assert torch.cuda.is_available(), "no CUDA device visible to torch"
-    out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    if a.device == "cuda":
+        assert torch.cuda.is_available(), "no CUDA device visible to torch"
+    out: dict = {"device": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu", "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ds = make_synthetic(tmp / "ds", n_train=64, n_val=16)
         for amp in ("bf16", "fp16"):
-            cfg = config.load(ROOT / "configs" / "smoke.yaml", ["train.device=cuda", f"train.amp={amp}", "train.epochs=2"])
+            cfg = config.load(ROOT / "configs" / "smoke.yaml", [f"train.device={a.device}", f"train.amp={amp}", "train.epochs=2"])
             res = train(ds, tmp / f"run-{amp}", cfg)
             out[f"smoke_{amp}"] = {"losses": [r["train_loss"] for r in res.history], "val_map": res.best.get("val_map")}
         meta = export.export(tmp / "run-bf16", tmp / "model", log=lambda m: None)
         out["export_parity_max_abs_diff"] = meta["parity"]["max_abs_diff"]
         big = make_synthetic(tmp / "big", n_train=a.images, n_val=64, n_test=1)
         cfg = config.load(ROOT / "configs" / "smoke.yaml", [
-            f"model.backbone={a.backbone}", f"model.image_size={a.size}", "train.device=cuda", "train.epochs=1",
+            f"model.backbone={a.backbone}", f"model.image_size={a.size}", f"train.device={a.device}", "train.epochs=1",
             "data.batch_size=128", f"data.workers={a.workers}", "optim.warmup_epochs=0", "train.threads=0"])
         res = train(big, tmp / "run-big", cfg)
         row = res.history[-1]
