@@ -1,0 +1,79 @@
+"""The `train` and `export` verbs (torch is imported only when a verb runs, so `animetagnet --help` stays light)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a multi-label tagger on a prepared dataset directory",
+        description="Train a timm backbone on DATASET_DIR (from `animetagnet prepare`). The run directory gets "
+        "the resolved config, checkpoints (safetensors), metrics.jsonl/csv and the best weights.",
+    )
+    p.add_argument("dataset", metavar="DATASET_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or to resume)")
+    p.add_argument("--config", metavar="YAML", help="recipe, e.g. configs/smoke.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-3 --set train.epochs=3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint (config from the run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "export",
+        help="export a training run to a WD-layout model directory (ONNX)",
+        description="Write model.onnx (NHWC BGR 0..255, sigmoid outputs, dynamic batch), selected_tags.csv, "
+        "animetagnet.json (thresholds picked on val, metrics, provenance) and a model card.",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--out", required=True, metavar="MODEL_DIR")
+    e.add_argument("--dataset", metavar="DATASET_DIR", help="dataset for thresholds/metrics/parity (default: the run's)")
+    e.add_argument("--weights", choices=("best", "last"), default="best")
+    e.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic quantization) and measure it")
+    e.add_argument("--parity-images", type=int, default=16, metavar="N", help="real images for the ONNX/torch parity check")
+    e.add_argument("--max-eval-images", type=int, default=0, metavar="N", help="cap val/test images used (0: all)")
+    e.add_argument("--force", action="store_true", help="overwrite an existing MODEL_DIR/model.onnx")
+    e.set_defaults(func=run_export)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import config
+    from .train import train
+
+    overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    if args.resume:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            from .errors import TrainingError
+
+            raise TrainingError(f"--resume: {saved} not found (is {args.out} a run directory?)")
+        cfg = config.load(saved, overrides)
+    else:
+        cfg = config.load(args.config, overrides)
+    result = train(args.dataset, args.out, cfg, resume=args.resume)
+    if result.interrupted:
+        print(f"interrupted; checkpoint saved. Continue with: animetagnet train {args.dataset} --out {args.out} --resume",
+              file=sys.stderr)
+        return 130
+    best = result.best
+    if best:
+        print(f"best epoch {best['epoch']}: val {best['metric']} {best['value']:.4f} "
+              f"(mAP {best.get('val_map', float('nan')):.4f}, macro-F1@0.5 {best.get('val_macro_f1', float('nan')):.4f}, "
+              f"top-1 {best.get('val_top1', float('nan')):.4f}) -> {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    report = export(args.run_dir, args.out, dataset_dir=args.dataset, weights=args.weights, int8=args.int8,
+                    parity_images=args.parity_images, max_eval_images=args.max_eval_images, force=args.force)
+    print(f"exported {args.run_dir} -> {args.out} (parity max |diff| {report['parity']['max_abs_diff']:.2e})")
+    return 0

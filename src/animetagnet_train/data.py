@@ -1,0 +1,210 @@
+"""The training input pipeline: dataset directory -> label-safe augmentation -> THE core preprocessing -> batches."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from animetagnet.errors import ImageError, ModelError
+from animetagnet.images import load_image, preprocess
+from animetagnet.vocab import Vocabulary
+
+from .config import AugmentConfig
+from .errors import TrainingError
+
+_RESAMPLE = {
+    "nearest": Image.NEAREST,
+    "box": Image.BOX,
+    "bilinear": Image.BILINEAR,
+    "hamming": Image.HAMMING,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
+
+
+@dataclass
+class Split:
+    ids: list[str]
+    paths: list[str]
+    labels: list[np.ndarray]  # tag indices per image (int32)
+
+
+@dataclass
+class DatasetDir:
+    root: Path
+    vocab: Vocabulary
+    splits: dict[str, Split]
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise TrainingError(f"{self.root}: the dataset has no {name}.jsonl")
+        return self.splits[name]
+
+    def tag_counts(self, split: str = "train") -> np.ndarray:
+        counts = np.zeros(len(self.vocab), dtype=np.int64)
+        for lab in self.split(split).labels:
+            counts[lab] += 1
+        return counts
+
+
+def _read_split(root: Path, name: str, vocab: Vocabulary) -> Split:
+    path = root / f"{name}.jsonl"
+    ids, paths, labels = [], [], []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                image, tags = rec["image"], rec["tags"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise TrainingError(f"{path}:{lineno}: bad record ({exc}); expected {{id, image, tags}}") from None
+            idx = []
+            for t in tags:
+                i = vocab.get_index(t)
+                if i is None:
+                    raise TrainingError(f"{path}:{lineno}: tag {t!r} is not in selected_tags.csv")
+                idx.append(i)
+            p = Path(image)
+            paths.append(str(p if p.is_absolute() else root / p))
+            ids.append(str(rec.get("id", lineno)))
+            labels.append(np.array(sorted(set(idx)), dtype=np.int32))
+    return Split(ids, paths, labels)
+
+
+def open_dataset(root: str | Path) -> DatasetDir:
+    """Read a dataset directory (docs/formats.md); clear errors when it is not one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TrainingError(f"dataset directory not found: {root}")
+    labels = root / "selected_tags.csv"
+    if not labels.is_file():
+        raise TrainingError(
+            f"{root} is not a dataset directory: selected_tags.csv is missing "
+            "(create one with `animetagnet prepare`)"
+        )
+    if not (root / "train.jsonl").is_file():
+        raise TrainingError(f"{root} is not a dataset directory: train.jsonl is missing")
+    try:
+        vocab = Vocabulary.read_csv(labels)
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
+    if vocab.duplicates():
+        raise TrainingError(f"{labels}: duplicate tags {vocab.duplicates()[:5]}")
+    splits = {}
+    for name in ("train", "val", "test"):
+        if (root / f"{name}.jsonl").is_file():
+            splits[name] = _read_split(root, name, vocab)
+    if not splits["train"].paths:
+        raise TrainingError(f"{root}/train.jsonl has no records")
+    return DatasetDir(root, vocab, splits)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Augmentation randomness depends only on (seed, epoch, sample): workers and resumes cannot change it."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def augment(img: Image.Image, size: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Label-safe augmentation on PIL (flip, small crop, small rotation, resize filter), then THE preprocessing.
+
+    No colour changes: hair and eye colours are tags, so colour jitter would make labels false.
+    """
+    from animetagnet.images import to_rgb_on_white
+
+    img = to_rgb_on_white(img)
+    w, h = img.size
+    lo, hi = aug.crop_scale
+    if hi < 1.0 or lo < 1.0:
+        area = rng.uniform(lo, hi)
+        log_r = rng.uniform(math.log(0.9), math.log(1.0 / 0.9))
+        cw = min(w, max(1, round(w * math.sqrt(area * math.exp(log_r)))))
+        ch = min(h, max(1, round(h * math.sqrt(area / math.exp(log_r)))))
+        x0 = int(rng.integers(0, w - cw + 1))
+        y0 = int(rng.integers(0, h - ch + 1))
+        img = img.crop((x0, y0, x0 + cw, y0 + ch))
+    if aug.rotate_degrees > 0:
+        angle = rng.uniform(-aug.rotate_degrees, aug.rotate_degrees)
+        img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=(255, 255, 255))
+    if rng.random() < aug.hflip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    names = aug.resample
+    resample = _RESAMPLE[names[int(rng.integers(0, len(names)))]]
+    return preprocess(img, size, resample=resample)
+
+
+class TagDataset(torch.utils.data.Dataset):
+    """Items are (uint8 HWC BGR image, multi-hot float32 target); the model does the normalisation."""
+
+    def __init__(self, split: Split, num_tags: int, size: int, aug: AugmentConfig | None, seed: int = 0):
+        self.split, self.num_tags, self.size, self.aug, self.seed = split, num_tags, size, aug, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split.paths)
+
+    def __getitem__(self, index: int):
+        path = self.split.paths[index]
+        try:
+            img = load_image(path, draft_size=self.size)
+        except ImageError as exc:
+            raise TrainingError(f"cannot read training image: {exc}") from None
+        if self.aug is None:
+            arr = preprocess(img, self.size)
+        else:
+            arr = augment(img, self.size, self.aug, sample_rng(self.seed, self.epoch, index))
+        # preprocess() yields integral 0..255 floats; uint8 is lossless and 4x cheaper to ship between processes.
+        image = torch.from_numpy(arr.astype(np.uint8))
+        target = torch.zeros(self.num_tags, dtype=torch.float32)
+        target[torch.from_numpy(self.split.labels[index]).long()] = 1.0
+        return image, target
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Deterministic shuffled order per (seed, epoch), sharded by rank, resumable at any batch."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1, drop_last: bool = False):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.drop_last = drop_last
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """`start`: number of this rank's samples already consumed this epoch (resume)."""
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.n).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world > 1:
+            per = math.ceil(self.n / self.world)
+            order = (order + order[: per * self.world - self.n])[self.rank :: self.world]
+        return order
+
+    def __iter__(self):
+        return iter(self.indices()[self.start :])
+
+    def __len__(self) -> int:
+        return len(self.indices()) - self.start
+
+
+def make_loader(dataset: TagDataset, sampler: EpochSampler, batch_size: int, workers: int, pin: bool, drop_last: bool):
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"persistent_workers": False, "prefetch_factor": 4}
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=drop_last,
+        **kwargs,
+    )

@@ -1,0 +1,336 @@
+"""Run directory -> WD-layout model directory: ONNX (NHWC BGR 0..255, sigmoid), labels, thresholds, metrics, card."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from animetagnet.errors import ImageError
+from animetagnet.fileio import atomic_write_bytes, atomic_write_text
+from animetagnet.images import load_and_preprocess
+from animetagnet.vocab import Category, Vocabulary
+
+from . import checkpoint, config as config_mod, data, metrics
+from . import model as model_mod
+from .errors import TrainingError
+
+#: ONNX/torch parity bound on probabilities; float32 reorderings stay orders of magnitude below it.
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+#: Threshold presets: the F-beta each one maximises per category on the validation split.
+PRESET_BETAS = {"balanced": 1.0, "high_precision": 0.5, "high_recall": 2.0}
+
+
+def _json_safe(obj):
+    """NaN (e.g. a metric on a split without positives) becomes null: strict JSON for every reader."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+class _WithSigmoid(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def load_run(run_dir: Path, weights: str = "best"):
+    """-> (config, vocabulary, Tagger in eval mode on CPU, weight-file metadata)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise TrainingError(f"{run_dir} is not a run directory (config.yaml missing)")
+    cfg = config_mod.load(run_dir / "config.yaml")
+    vocab = Vocabulary.read_csv(run_dir / "selected_tags.csv")
+    net = model_mod.create(cfg.model, len(vocab))
+    state, meta = checkpoint.load_weights(run_dir / "checkpoints" / f"{weights}.safetensors")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainingError(f"{run_dir}: weights do not fit the run's config: {str(exc).splitlines()[0]}") from None
+    return cfg, vocab, net.eval(), meta
+
+
+def to_onnx_bytes(net: torch.nn.Module, size: int, opset: int = 17) -> bytes:
+    import warnings
+
+    buf = io.BytesIO()
+    dummy = torch.zeros(2, size, size, 3) + 128.0
+    # The TorchScript exporter is deprecated but needs no onnxscript; its warnings are noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(net, dummy, buf, opset)
+    return buf.getvalue()
+
+
+def _export(net: torch.nn.Module, dummy: torch.Tensor, buf: io.BytesIO, opset: int) -> None:
+    torch.onnx.export(
+        _WithSigmoid(net).eval(), (dummy,), buf,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=opset, do_constant_folding=True, dynamo=False,
+    )
+
+
+def session(path: Path, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(sess, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: batch[i : i + chunk]})[0] for i in range(0, len(batch), chunk)])
+
+
+def load_images(paths: list[str], size: int) -> np.ndarray:
+    """THE inference preprocessing (the same call `animetagnet tag` makes), stacked NHWC."""
+    out = []
+    for p in paths:
+        try:
+            out.append(load_and_preprocess(p, size))
+        except ImageError as exc:
+            raise TrainingError(f"export: cannot read evaluation image: {exc}") from None
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)
+
+
+def targets_of(split: data.Split, n_tags: int) -> np.ndarray:
+    t = np.zeros((len(split.paths), n_tags), dtype=np.float32)
+    for i, lab in enumerate(split.labels):
+        t[i, lab] = 1
+    return t
+
+
+def pick_thresholds(probs: np.ndarray, targets: np.ndarray, vocab: Vocabulary) -> dict:
+    """Per category, the global threshold maximising macro F-beta on validation (one per preset)."""
+    presets = {}
+    for preset, beta in PRESET_BETAS.items():
+        cats = {}
+        for cat in vocab.present_categories():
+            if cat == Category.RATING:
+                continue  # rating is an argmax, never thresholded
+            idx = vocab.indices(cat)
+            if targets[:, idx].sum() == 0:
+                continue
+            t, _ = metrics.best_threshold(probs[:, idx], targets[:, idx], beta=beta)
+            cats[cat.label] = t
+        presets[preset] = {"categories": cats, "tags": {}}
+    return {"default": "balanced", "presets": presets}
+
+
+def threshold_vector(preset: dict, vocab: Vocabulary) -> np.ndarray:
+    th = np.full(len(vocab), 0.35, dtype=np.float32)
+    for i, tag in enumerate(vocab):
+        default = 0.85 if tag.category == Category.CHARACTER else 0.35
+        th[i] = preset["categories"].get(tag.category.label, preset["categories"].get("general", default))
+    return th
+
+
+def split_metrics(probs: np.ndarray, targets: np.ndarray, th: np.ndarray) -> dict:
+    at_half = metrics.evaluate(probs, targets, 0.5)
+    at_th = metrics.evaluate(probs, targets, th)
+    return {
+        "images": at_half["images"], "map": at_half["map"], "top1": at_half["top1"],
+        "macro_f1@0.5": at_half["macro_f1"], "micro_f1@0.5": at_half["micro_f1"],
+        "macro_f1": at_th["macro_f1"], "micro_f1": at_th["micro_f1"],
+        "micro_precision": at_th["micro_precision"], "micro_recall": at_th["micro_recall"],
+    }
+
+
+def _speed(sess, batch: np.ndarray, repeats: int = 3) -> float:
+    run_onnx(sess, batch[:8])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run_onnx(sess, batch, chunk=1)
+        best = min(best, time.perf_counter() - t)
+    return len(batch) / best
+
+
+#: Dynamic-quantization variants tried; the faster one on this CPU is kept. On CNNs, ConvInteger
+#: is often slower than float convolutions, so "matmul" (MatMul/Gemm only) is the safe choice there.
+INT8_VARIANTS = {"matmul": ["MatMul", "Gemm"], "all": None}
+
+
+def quantize_int8(src: Path, dst: Path, op_types: list[str] | None) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
+    tmp.replace(dst)
+
+
+def export_int8(onnx_path: Path, q_path: Path, vimgs, vp, vt, th, float_val: dict, log) -> dict:
+    """Quantize (each variant), measure speed (batch 1, CPU) and val metrics; keep the fastest."""
+    speed_imgs = vimgs[:64]
+    f_speed = _speed(session(onnx_path), speed_imgs)
+    tried = {}
+    for name, ops in INT8_VARIANTS.items():
+        cand = q_path.with_name(f".{name}.{q_path.name}")
+        quantize_int8(onnx_path, cand, ops)
+        qsess = session(cand)
+        tried[name] = (_speed(qsess, speed_imgs), cand, run_onnx(qsess, vimgs))
+        log(f"int8 ({name}): {tried[name][0]:.1f} img/s vs float {f_speed:.1f}")
+    best = max(tried, key=lambda k: tried[k][0])
+    q_speed, cand, qp = tried[best]
+    cand.replace(q_path)
+    for _, other, _ in tried.values():
+        other.unlink(missing_ok=True)
+    q_eval = split_metrics(qp, vt, th)
+    log(f"int8 kept: {best}, {q_speed / f_speed:.2f}x, val mAP {q_eval['map']:.4f} vs {float_val['map']:.4f}")
+    return {
+        "file": q_path.name, "method": f"onnxruntime quantize_dynamic QInt8, ops: {best}",
+        "float_images_per_s": f_speed, "int8_images_per_s": q_speed, "speedup": q_speed / f_speed,
+        "variants_images_per_s": {k: v[0] for k, v in tried.items()},
+        "val_map": q_eval["map"], "float_val_map": float_val["map"],
+        "val_macro_f1": q_eval["macro_f1"], "float_val_macro_f1": float_val["macro_f1"],
+        "max_abs_diff": float(np.abs(qp - vp).max()), "measured_on": "CPU, batch 1",
+    }
+
+
+def model_card(meta: dict, vocab: Vocabulary) -> str:
+    pre = meta["preprocessing"]
+    lines = [
+        f"# {meta['name']}",
+        "",
+        "A Danbooru-style multi-label tagger in WD layout (`model.onnx` + `selected_tags.csv`), trained with AnimeTagNet.",
+        "",
+        "## Use",
+        "- `animetagnet tag IMAGES --model THIS_DIR`, or any WD-tagger tool (kohya sd-scripts, tagger extensions):",
+        f"  input `{INPUT_NAME}` [batch, {pre['size']}, {pre['size']}, 3] float32 **BGR 0..255** (NHWC), "
+        "white-padded centred square, bicubic resize; output `output` [batch, tags] sigmoid probabilities.",
+        f"- {len(vocab)} tags; categories from the `category` column of `selected_tags.csv`.",
+        "",
+        "## Training",
+    ]
+    prov = meta["provenance"]
+    lines += [f"- {k}: {v}" for k, v in prov.items() if k != "config"]
+    lines += ["", "## Thresholds (picked on the validation split)", ""]
+    for name, p in meta["thresholds"]["presets"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{c} {t:.2f}" for c, t in p["categories"].items()))
+    lines += ["", "## Evaluation", "",
+              "macro/micro F1 at the balanced thresholds (and at 0.5), mAP = mean over tags of average precision, "
+              "top-1 = the highest-scoring tag is a true tag.", "",
+              "| split | images | mAP | macro-F1 | micro-F1 | macro-F1@0.5 | top-1 |", "|---|---|---|---|---|---|---|"]
+    for split, m in meta["metrics"].items():
+        if isinstance(m, dict) and "map" in m:
+            lines.append(f"| {split} | {m['images']} | {m['map']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} | "
+                         f"{m['macro_f1@0.5']:.4f} | {m['top1']:.4f} |")
+    if "int8" in meta:
+        q = meta["int8"]
+        lines += ["", f"`model_int8.onnx` (dynamic int8): {q['speedup']:.2f}x the float model's speed on this machine's CPU; "
+                      f"val mAP {q['val_map']:.4f} vs {q['float_val_map']:.4f}, max |prob diff| {q['max_abs_diff']:.3f}."]
+    lines += ["", "Validation figures are development figures: the split also chose the thresholds and the best epoch."]
+    return "\n".join(lines) + "\n"
+
+
+def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool = False,
+           parity_images: int = 16, max_eval_images: int = 0, force: bool = False, log=None) -> dict:
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (out_dir / "model.onnx").exists() and not force:
+        raise TrainingError(f"{out_dir}/model.onnx exists; pass --force to overwrite")
+    cfg, vocab, net, wmeta = load_run(run_dir, weights)
+    size = cfg.model.image_size
+    if dataset_dir is None:
+        run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        dataset_dir = run_info.get("dataset")
+        if not dataset_dir:
+            raise TrainingError(f"{run_dir}: no dataset recorded; pass --dataset")
+    ds = data.open_dataset(dataset_dir)
+    if ds.vocab.names != vocab.names:
+        raise TrainingError(f"{dataset_dir}: vocabulary differs from the run's ({len(ds.vocab)} vs {len(vocab)} tags)")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    log(f"exporting {cfg.model.backbone}@{size} ({len(vocab)} tags) to {onnx_path}")
+    atomic_write_bytes(onnx_path, to_onnx_bytes(net, size))
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path))
+    sess = session(onnx_path)
+
+    # Parity on real images, through the inference preprocessing.
+    val = ds.split("val")
+    n_par = max(1, min(parity_images, len(val.paths)))
+    par_batch = load_images(val.paths[:n_par], size)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(par_batch))).numpy()
+    got = run_onnx(sess, par_batch)
+    diff = float(np.abs(ref - got).max())
+    log(f"parity onnxruntime vs torch on {n_par} real images: max |diff| {diff:.2e} (bound {PARITY_TOLERANCE:.0e})")
+    if not diff <= PARITY_TOLERANCE:
+        raise TrainingError(f"export parity check failed: max |onnx - torch| = {diff:.3e} > {PARITY_TOLERANCE:.0e}")
+
+    # Thresholds and figures from the exported model itself, on the inference preprocessing.
+    evals, probs_by_split = {}, {}
+    for split_name in ("val", "test"):
+        if split_name not in ds.splits:
+            continue
+        sp = ds.split(split_name)
+        n = len(sp.paths) if not max_eval_images else min(max_eval_images, len(sp.paths))
+        imgs = load_images(sp.paths[:n], size)
+        probs_by_split[split_name] = (run_onnx(sess, imgs), targets_of(sp, len(vocab))[:n], imgs)
+    vp, vt, vimgs = probs_by_split["val"]
+    thresholds = pick_thresholds(vp, vt, vocab)
+    th = threshold_vector(thresholds["presets"]["balanced"], vocab)
+    for split_name, (p, t, _) in probs_by_split.items():
+        evals[split_name] = split_metrics(p, t, th)
+        m = evals[split_name]
+        log(f"{split_name}: mAP {m['map']:.4f}, macro-F1 {m['macro_f1']:.4f} (at 0.5: {m['macro_f1@0.5']:.4f}), "
+            f"micro-F1 {m['micro_f1']:.4f}, top-1 {m['top1']:.4f} on {m['images']} images")
+
+    history = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()] \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    meta = {
+        "format_version": 1,
+        "name": cfg.name,
+        "outputs": "probabilities",
+        "preprocessing": {"size": size, "layout": "NHWC", "channels": "BGR", "range": [0, 255],
+                          "pad": "white-centred-square", "resample": "bicubic"},
+        "thresholds": thresholds,
+        "provenance": {
+            "dataset": str(Path(dataset_dir).resolve()),
+            "run": str(run_dir.resolve()),
+            "backbone": cfg.model.backbone,
+            "init_from": cfg.model.init_from,
+            "weights": weights,
+            "epoch": wmeta.get("epoch"),
+            "epochs_trained": len(history),
+            "selected_by": f"val {wmeta.get('metric')}" if wmeta.get("metric") else None,
+            "ema": wmeta.get("ema"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "config": config_mod.to_dict(cfg),
+        },
+        "metrics": {"split": "val", "threshold_preset": "balanced", **{k: v for k, v in evals.items()},
+                    "micro_f1": evals["val"]["micro_f1"], "macro_f1": evals["val"]["macro_f1"], "map": evals["val"]["map"]},
+        "parity": {"images": n_par, "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE},
+    }
+
+    if int8:
+        meta["int8"] = export_int8(onnx_path, out_dir / "model_int8.onnx", vimgs, vp, vt, th, evals["val"], log)
+
+    ds.vocab.write_csv(out_dir / "selected_tags.csv")  # counts from the dataset's training split
+    atomic_write_text(out_dir / "animetagnet.json", json.dumps(_json_safe(meta), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / "README.md", model_card(meta, vocab))
+    if (run_dir / "metrics.jsonl").is_file():
+        shutil.copyfile(run_dir / "metrics.jsonl", out_dir / ".training_metrics.jsonl.tmp")
+        (out_dir / ".training_metrics.jsonl.tmp").replace(out_dir / "training_metrics.jsonl")
+    return meta

@@ -1,0 +1,117 @@
+"""Export to WD layout: ONNX contract (NHWC BGR 0..255, dynamic batch, probabilities), parity, metadata, round trip."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from animetagnet.images import load_and_preprocess  # noqa: E402
+from animetagnet.vocab import Vocabulary  # noqa: E402
+from animetagnet_train import config, export  # noqa: E402
+from animetagnet_train.errors import TrainingError  # noqa: E402
+from animetagnet_train.train import train  # noqa: E402
+
+from train_helpers import ROOT, data_root, faces_builder, make_synthetic  # noqa: E402
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    ds = make_synthetic(base / "ds")
+    train(ds, base / "run", config.load(SMOKE, ["train.epochs=1"]))
+    meta = export.export(base / "run", base / "model", log=lambda m: None)
+    return base, meta
+
+
+def test_wd_layout_files(exported):
+    base, meta = exported
+    model = base / "model"
+    for name in ("model.onnx", "selected_tags.csv", "animetagnet.json", "README.md"):
+        assert (model / name).is_file(), name
+    with open(model / "selected_tags.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["tag_id", "name", "category", "count"]
+    assert Vocabulary.read_csv(model / "selected_tags.csv").names == Vocabulary.read_csv(base / "run" / "selected_tags.csv").names
+    meta_file = json.loads((model / "animetagnet.json").read_text())
+    assert meta_file["outputs"] == "probabilities"
+    assert meta_file["preprocessing"]["size"] == 32 and meta_file["preprocessing"]["channels"] == "BGR"
+    presets = meta_file["thresholds"]["presets"]
+    assert set(presets) == {"balanced", "high_precision", "high_recall"}
+    assert set(presets["balanced"]["categories"]) == {"general", "character"}
+    assert all(0 < t < 1 for t in presets["balanced"]["categories"].values())
+    assert meta_file["provenance"]["backbone"] == "test_resnet"
+    for key in ("map", "macro_f1", "micro_f1"):
+        assert 0 <= meta_file["metrics"][key] <= 1
+
+
+def test_onnx_contract_dynamic_batch_probabilities_and_parity(exported):
+    base, _ = exported
+    sess = ort.InferenceSession(str(base / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.name == "input" and inp.type == "tensor(float)"
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [32, 32, 3]  # [batch, H, W, 3]
+    _, _, net, _ = export.load_run(base / "run")
+    images = sorted((base / "ds" / "images").glob("val_*"))[:3]
+    batch = np.stack([load_and_preprocess(p, 32) for p in images])
+    three = sess.run(None, {"input": batch})[0]
+    one = sess.run(None, {"input": batch[:1]})[0]
+    assert three.shape == (3, 3) and one.shape == (1, 3)
+    assert np.allclose(one[0], three[0], atol=1e-6)
+    assert three.min() >= 0 and three.max() <= 1
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(batch))).numpy()
+    assert np.abs(ref - three).max() < export.PARITY_TOLERANCE
+
+
+def test_parity_is_reported_and_export_never_clobbers(exported):
+    base, meta = exported
+    assert meta["parity"]["max_abs_diff"] <= export.PARITY_TOLERANCE and meta["parity"]["images"] >= 1
+    with pytest.raises(TrainingError, match="--force"):
+        export.export(base / "run", base / "model", log=lambda m: None)
+
+
+def test_export_of_a_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingError, match="not a run directory"):
+        export.export(tmp_path, tmp_path / "m", log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_int8_variant_is_measured(exported, tmp_path):
+    base, _ = exported
+    meta = export.export(base / "run", tmp_path / "m8", int8=True, log=lambda m: None)
+    q = meta["int8"]
+    assert (tmp_path / "m8" / "model_int8.onnx").is_file()
+    assert q["speedup"] > 0 and 0 <= q["val_map"] <= 1 and q["max_abs_diff"] >= 0
+    sess = ort.InferenceSession(str(tmp_path / "m8" / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": np.full((2, 32, 32, 3), 128.0, np.float32)})[0]
+    assert out.shape == (2, 3) and ((out >= 0) & (out <= 1)).all()
+
+
+@pytest.mark.realdata
+def test_round_trip_on_real_face_images(tmp_path):
+    """Smoke-train on a few real faces, export, then tag the real images with plain onnxruntime."""
+    root = data_root()
+    if not (root / "faces").is_dir():
+        pytest.skip(f"real data not found at {root} (set ANIMETAGNET_DATA)")
+    ds = tmp_path / "faces"
+    faces_builder().build(root, ds, per_tag=2)
+    train(ds, tmp_path / "run", config.load(SMOKE, ["train.epochs=1"]))
+    meta = export.export(tmp_path / "run", tmp_path / "model", log=lambda m: None)
+    assert meta["metrics"]["val"]["images"] == 40
+    vocab = Vocabulary.read_csv(tmp_path / "model" / "selected_tags.csv")
+    assert len(vocab) == 20 and "ninomae_ina'nis" in vocab
+    sess = ort.InferenceSession(str(tmp_path / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    paths = [json.loads(l)["image"] for l in (ds / "test.jsonl").read_text().splitlines()[:5]]
+    batch = np.stack([load_and_preprocess(p, meta["preprocessing"]["size"]) for p in paths])
+    probs = sess.run(None, {"input": batch})[0]
+    assert probs.shape == (5, 20) and np.isfinite(probs).all()
+    _, _, net, _ = export.load_run(tmp_path / "run")
+    with torch.no_grad():
+        assert np.abs(torch.sigmoid(net(torch.from_numpy(batch))).numpy() - probs).max() < export.PARITY_TOLERANCE
