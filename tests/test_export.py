@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from animetagnet_train import config, export  # noqa: E402
 from animetagnet_train.errors import TrainingError  # noqa: E402
 from animetagnet_train.train import train  # noqa: E402
 
-from train_helpers import ROOT, data_root, faces_builder, make_synthetic  # noqa: E402
+from train_helpers import ROOT, data_root, make_synthetic  # noqa: E402
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -96,22 +97,32 @@ def test_int8_variant_is_measured(exported, tmp_path):
 
 @pytest.mark.realdata
 def test_round_trip_on_real_face_images(tmp_path):
-    """Smoke-train on a few real faces, export, then tag the real images with plain onnxruntime."""
+    """prepare -> smoke-train -> export on real faces, then tag the real images with the core Tagger."""
+    from animetagnet import Tagger
+    from animetagnet.cli import main as cli_main
+
     root = data_root()
     if not (root / "faces").is_dir():
         pytest.skip(f"real data not found at {root} (set ANIMETAGNET_DATA)")
+    src = tmp_path / "faces-subset"
+    for cls in sorted((root / "faces").iterdir()):
+        (src / cls.name).mkdir(parents=True)
+        for f in sorted(cls.glob("*.jpg"))[:8]:
+            shutil.copy(f, src / cls.name / f.name)
     ds = tmp_path / "faces"
-    faces_builder().build(root, ds, per_tag=2)
+    assert cli_main(["prepare", str(src), "--out", str(ds), "--min-count", "1", "--split", "60/20/20", "--no-plot"]) == 0
     train(ds, tmp_path / "run", config.load(SMOKE, ["train.epochs=1"]))
     meta = export.export(tmp_path / "run", tmp_path / "model", log=lambda m: None)
-    assert meta["metrics"]["val"]["images"] == 40
     vocab = Vocabulary.read_csv(tmp_path / "model" / "selected_tags.csv")
     assert len(vocab) == 20 and "ninomae_ina'nis" in vocab
-    sess = ort.InferenceSession(str(tmp_path / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
-    paths = [json.loads(l)["image"] for l in (ds / "test.jsonl").read_text().splitlines()[:5]]
-    batch = np.stack([load_and_preprocess(p, meta["preprocessing"]["size"]) for p in paths])
-    probs = sess.run(None, {"input": batch})[0]
+    paths = [json.loads(line)["image"] for line in (ds / "test.jsonl").read_text().splitlines()[:5]]
+    tagger = Tagger(tmp_path / "model", exact=True)
+    assert tagger.input_size == meta["preprocessing"]["size"]
+    results = list(tagger.iter_tag_files(paths, with_probabilities=True))
+    assert [r.path for r, _ in results] == paths and all(r.ok for r, _ in results)
+    probs = np.stack([p for _, p in results])
     assert probs.shape == (5, 20) and np.isfinite(probs).all()
+    batch = np.stack([load_and_preprocess(p, meta["preprocessing"]["size"], exact=True) for p in paths])
     _, _, net, _ = export.load_run(tmp_path / "run")
     with torch.no_grad():
         assert np.abs(torch.sigmoid(net(torch.from_numpy(batch))).numpy() - probs).max() < export.PARITY_TOLERANCE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def data_root() -> Path:
     return Path(os.environ.get("ANIMETAGNET_DATA", ROOT.parent / "shared" / "data"))
-
-
-def faces_builder():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import faces_dataset
-
-    return faces_dataset
 
 
 #: Colour-coded synthetic tags: learnable in a few steps, and hermetic.

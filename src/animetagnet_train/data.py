@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from animetagnet.datasets.load import iter_split
 from animetagnet.errors import ImageError, ModelError
 from animetagnet.images import load_image, preprocess
 from animetagnet.vocab import Vocabulary
@@ -54,27 +54,18 @@ class DatasetDir:
 
 
 def _read_split(root: Path, name: str, vocab: Vocabulary) -> Split:
-    path = root / f"{name}.jsonl"
+    """One split's records through the datasets package's reader (one parser of split files)."""
     ids, paths, labels = [], [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                image, tags = rec["image"], rec["tags"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise TrainingError(f"{path}:{lineno}: bad record ({exc}); expected {{id, image, tags}}") from None
-            idx = []
-            for t in tags:
-                i = vocab.get_index(t)
-                if i is None:
-                    raise TrainingError(f"{path}:{lineno}: tag {t!r} is not in selected_tags.csv")
-                idx.append(i)
-            p = Path(image)
-            paths.append(str(p if p.is_absolute() else root / p))
-            ids.append(str(rec.get("id", lineno)))
-            labels.append(np.array(sorted(set(idx)), dtype=np.int32))
+    for example in iter_split(root, name):
+        idx = []
+        for t in example.tags:
+            i = vocab.get_index(t)
+            if i is None:
+                raise TrainingError(f"{root / (name + '.jsonl')}: record {example.id}: tag {t!r} is not in selected_tags.csv")
+            idx.append(i)
+        paths.append(example.image)
+        ids.append(example.id)
+        labels.append(np.array(sorted(set(idx)), dtype=np.int32))
     return Split(ids, paths, labels)
 
 
