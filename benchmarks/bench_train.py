@@ -1,9 +1,9 @@
 """Training throughput (images/s) and the share of step time spent waiting on data, for one recipe.
 
 Runs one short epoch of real training (limit_train images) and reads the run's own metrics.
-Prints JSON. Example (the faces dataset from benchmarks/faces_dataset.py):
+Prints JSON. Example (the faces dataset from `animetagnet prepare ../shared/data/faces --out datasets/faces`):
 
-    python benchmarks/bench_train.py /work/data-faces --config configs/faces-cpu.yaml --images 1280 \
+    python benchmarks/bench_train.py datasets/faces --config configs/faces-cpu.yaml --images 1280 \
         --set data.workers=1
 """
 
