@@ -1,15 +1,6 @@
 // Offline API reference: renders /openapi.json with no external assets (Swagger UI needs a CDN).
 "use strict";
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-  }
-  for (const c of children) if (c) e.append(c);
-  return e;
-}
-
 function typeOf(schema) {
   if (!schema) return "";
   if (schema.anyOf) return schema.anyOf.map(typeOf).filter((t) => t !== "null").join(" | ");

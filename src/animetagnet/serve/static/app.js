@@ -4,19 +4,9 @@
 
 const FLOOR = 0.05;  // the server returns every tag scoring at least this; the sliders filter client-side
 const CATEGORY_ORDER = ["character", "copyright", "artist", "general", "meta"];
-const $ = (id) => document.getElementById(id);
 const cards = [];     // {name, url, result, el} in upload order
 let captionSeq = 0;
 let captionTimer = null;
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-  }
-  for (const c of children) if (c) e.append(c);
-  return e;
-}
 
 function threshold(category) {
   return parseFloat($(category === "character" ? "thr-character" : "thr-general").value);

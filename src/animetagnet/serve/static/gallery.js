@@ -2,17 +2,7 @@
 "use strict";
 
 const PAGE = 48;
-const $ = (id) => document.getElementById(id);
 let offset = 0;
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-  }
-  for (const c of children) if (c) e.append(c);
-  return e;
-}
 
 function terms() { return $("q").value.split(/\s+/).filter(Boolean); }
 
