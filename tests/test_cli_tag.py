@@ -169,3 +169,13 @@ def test_atomic_writes_keep_normal_permissions(tmp_path):
     existing.chmod(0o640)
     atomic_write_text(existing, "y")
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640 and existing.read_text() == "y"
+
+
+def test_resume_json_and_csv(folder, tiny_model, tmp_path):
+    for fmt in ("json", "csv"):
+        out = tmp_path / f"r.{fmt}"
+        run_cli("tag", str(folder / "sub"), "--model", str(tiny_model), "-f", fmt, "-o", str(out), "-q")
+        before = out.read_text()
+        proc = run_cli("tag", str(folder / "sub"), "--model", str(tiny_model), "-f", fmt, "-o", str(out), "--resume")
+        assert "3 already done" in proc.stderr and "0 images to tag" in proc.stderr, fmt
+        assert out.read_text() == before  # nothing lost, nothing duplicated

@@ -1,6 +1,6 @@
 """Result writers: table, JSON, JSON Lines, CSV and caption files; atomic, resumable, never clobbering.
 
-Every writer takes already-filtered TagResults. `done_paths()` tells the caller which inputs a
+Every writer takes already-filtered TagResults. `is_done(path)` tells the caller which inputs a
 previous run already finished (for --resume).
 """
 
@@ -28,6 +28,10 @@ class ResultWriter:
 
     def done_paths(self) -> set[str]:
         return set()
+
+    def is_done(self, path: str) -> bool:
+        """Whether an earlier run already finished `path` (for --resume)."""
+        return path in self.done_paths()
 
     def write(self, result: TagResult) -> str | None:
         raise NotImplementedError
@@ -103,9 +107,10 @@ class JsonWriter(ResultWriter):
                 self.results = [r for r in old if isinstance(r, dict) and r.get("path") and "error" not in r]
             elif not overwrite:
                 raise UsageError(f"{output} exists; pass --resume to continue it or --on-existing overwrite to replace it")
+        self._done = {r["path"] for r in self.results}
 
     def done_paths(self) -> set[str]:
-        return {r["path"] for r in self.results}
+        return self._done
 
     def write(self, result: TagResult) -> str | None:
         self.results.append(result.to_dict())
@@ -232,7 +237,7 @@ class CaptionWriter(ResultWriter):
             rel = Path(p.name)
         return (self.output_dir / rel).with_suffix(self.extension)
 
-    def exists(self, image_path: str) -> bool:
+    def is_done(self, image_path: str) -> bool:
         return self.caption_path(image_path).exists()
 
     def write(self, result: TagResult) -> str | None:

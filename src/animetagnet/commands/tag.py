@@ -153,10 +153,7 @@ def run(args) -> int:
     todo = found.paths
     skipped = 0
     if args.resume:
-        done = writer.done_paths()
-        if fmt == "txt":
-            done = {p for p in todo if writer.exists(p)}  # type: ignore[attr-defined]
-        todo = [p for p in todo if p not in done]
+        todo = [p for p in todo if not writer.is_done(p)]
         skipped = len(found.paths) - len(todo)
 
     from ..tagger import Tagger

@@ -91,7 +91,7 @@ class RayTagJob:
                 raise UsageError(f"{self.out} already holds result shards; pass --resume to continue that run "
                                  "or --on-existing overwrite to replace it")
         elif store is None and self.resume and self.captions is not None:
-            done = {p for p in paths if self.captions.exists(p)}
+            done = {p for p in paths if self.captions.is_done(p)}
         todo = [p for p in paths if p not in done]
         return todo, len(paths) - len(todo), store
 
