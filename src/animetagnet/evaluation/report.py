@@ -179,7 +179,7 @@ def _headline_rows(res: dict[str, Any]) -> list[list[Any]]:
 
 def _model_section(res: dict[str, Any]) -> str:
     v, d = res["vocabulary"], res["dataset"]
-    parts = [f"<p>Model <b>{html.escape(res['model']['name'])}</b> ({html.escape(res['model']['path'])}, {html.escape(res['model']['device'])}); "
+    parts = [f"<p>Model <b>{html.escape(res['model']['name'])}</b> ({html.escape(res['model']['path'])}; on {html.escape(res['model']['device'])}); "
              f"thresholds: {html.escape(res['thresholds']['source'])}. "
              f"{d['images']} images evaluated, {d['images_failed']} unreadable; {_f(d['images_per_second'], 1)} images/s.</p>",
              f"<p>Vocabulary, matched by tag name: {v['evaluated_tags']} of the dataset's {v['dataset_tags']} tags are in the model "
