@@ -32,7 +32,7 @@ def real_images(shared_data) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_wd_model(tmp_path_factory.mktemp("tiny") / "model", size=32)
+    return build_wd_model(tmp_path_factory.mktemp("tiny") / "tiny", size=32)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import socket
 import threading
 import time
@@ -12,11 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("ANIMETAGNET_DATA", ROOT.parent / "shared" / "data"))
+from cli_helpers import data_dir  # noqa: F401 - re-exported for the serve tests
 
 
 def real_images() -> list[Path]:

@@ -16,20 +16,14 @@ from animetagnet.formatting import CaptionStyle  # noqa: E402
 from animetagnet.serve.app import create_app  # noqa: E402
 from animetagnet.serve.limits import BodyLimitMiddleware  # noqa: E402
 from animetagnet.serve.service import Limits  # noqa: E402
-from modelfactory import build_wd_model  # noqa: E402
 from serve_helpers import jpeg_bytes, png_bytes, real_images  # noqa: E402
 
 LIMITS = Limits(max_request_bytes=400_000, max_file_bytes=200_000, max_files=3)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_wd_model(tmp_path_factory.mktemp("m") / "tiny", size=32)
-
-
-@pytest.fixture(scope="module")
-def tagger(model_dir):
-    return Tagger(model_dir)
+def tagger(tiny_model):
+    return Tagger(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +190,8 @@ def test_size_limits_are_413(client):
     assert_error(client.post("/v1/tag", files=four), 413, "too_many_files")
 
 
-def test_pixel_limit_is_413(model_dir):
-    small = Tagger(model_dir, max_pixels=50 * 50)
+def test_pixel_limit_is_413(tiny_model):
+    small = Tagger(tiny_model, max_pixels=50 * 50)
     with TestClient(create_app(small)) as c:
         err = assert_error(c.post("/v1/tag", files=upload(("wide.png", png_bytes((100, 60)), "image/png"))),
                            413, "too_many_pixels")
@@ -237,8 +231,8 @@ def test_stats_count_batches(client):
     assert stats["batching"]["max_batch"] >= 1
 
 
-def test_inference_timeout_is_503(model_dir):
-    slow = Tagger(model_dir)
+def test_inference_timeout_is_503(tiny_model):
+    slow = Tagger(tiny_model)
     real_predict = slow.predict
 
     def sleepy(batch):

@@ -19,13 +19,8 @@ COLORS = [(220, 20, 20), (20, 200, 40), (30, 40, 230), (240, 240, 240), (10, 10,
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_wd_model(tmp_path_factory.mktemp("m") / "tiny", size=32)
-
-
-@pytest.fixture(scope="module")
-def tagger(model_dir):
-    return Tagger(model_dir)
+def tagger(tiny_model):
+    return Tagger(tiny_model)
 
 
 @pytest.fixture
@@ -107,7 +102,7 @@ def test_index_is_incremental(tmp_path, folder, tagger):
     assert copy["tags"] == orig["tags"]
 
 
-def test_index_refuses_another_model(tmp_path, folder, tagger, model_dir):
+def test_index_refuses_another_model(tmp_path, folder, tagger, tiny_model):
     db = tmp_path / "g.db"
     index_folder(db, str(folder), tagger)
     other = Tagger(build_wd_model(tmp_path / "other", size=32, seed=5))
@@ -145,13 +140,13 @@ def test_search_matches_the_tagger(tmp_path, folder, tagger):
     assert res.counts and res.counts[0]["count"] == max(sum(t in s for s in tags.values()) for t in vocab)
 
 
-def test_cli_index_and_search_round_trip(tmp_path, folder, model_dir, tagger, capsys):
+def test_cli_index_and_search_round_trip(tmp_path, folder, tiny_model, tagger, capsys):
     db = tmp_path / "cli.db"
-    code = main(["index", str(folder), "--db", str(db), "--model", str(model_dir), "--quiet"])
+    code = main(["index", str(folder), "--db", str(db), "--model", str(tiny_model), "--quiet"])
     assert code == 1  # one broken file, reported
     err = capsys.readouterr().err
     assert "broken.jpg" in err
-    assert main(["index", str(folder), "--db", str(db), "--model", str(model_dir)]) == 0
+    assert main(["index", str(folder), "--db", str(db), "--model", str(tiny_model)]) == 0
     assert "0 tagged, 7 unchanged" in capsys.readouterr().err
     tag = sorted(selected(tagger, folder / "img0.png"))[0]
     assert main(["search", "--db", str(db), tag, "--format", "paths"]) == 0

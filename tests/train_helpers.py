@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,7 @@ from animetagnet.vocab import Category, Tag, Vocabulary
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def data_root() -> Path:
-    return Path(os.environ.get("ANIMETAGNET_DATA", ROOT.parent / "shared" / "data"))
+from cli_helpers import data_dir as data_root  # noqa: E402,F401 - one place decides where the data lives
 
 
 #: Colour-coded synthetic tags: learnable in a few steps, and hermetic.
