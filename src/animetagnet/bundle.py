@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .fileio import atomic_write_text
 from .vocab import Vocabulary
 
 MODEL_FILE = "model.onnx"
@@ -116,9 +115,6 @@ class ModelBundle:
         else:
             metadata = ModelMetadata()
         return cls(path=path, vocab=vocab, metadata=metadata)
-
-    def save_metadata(self) -> None:
-        atomic_write_text(self.path / METADATA_FILE, json.dumps(self.metadata.to_dict(), indent=2) + "\n")
 
 
 def looks_like_hub_id(text: str) -> bool:
