@@ -33,8 +33,13 @@ def build_wd_model(
     seed: int = 0,
     metadata: dict | None = None,
     logits: bool = False,
+    embedding: bool = False,
 ) -> Path:
-    """model.onnx: [N,size,size,3] BGR 0..255 -> mean colour and spatial statistics -> linear -> sigmoid."""
+    """model.onnx: [N,size,size,3] BGR 0..255 -> mean colour and spatial statistics -> linear -> sigmoid.
+
+    `embedding`: a second output `embedding` [N, 6] (the features the linear layer reads), as
+    the embedding-carrying WD exports have.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -58,6 +63,10 @@ def build_wd_model(
         nodes.append(helper.make_node("Identity", ["logits"], ["output"]))
     else:
         nodes.append(helper.make_node("Sigmoid", ["logits"], ["output"]))
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, n])]
+    if embedding:
+        nodes.append(helper.make_node("Identity", ["feat"], ["embedding"]))
+        outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, 6]))
     inits = [
         numpy_helper.from_array(np.array(255.0, dtype=np.float32), "scale"),
         numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes_hw"),
@@ -70,7 +79,7 @@ def build_wd_model(
         nodes,
         "tiny_wd",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, size, size, 3])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, n])],
+        outputs,
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

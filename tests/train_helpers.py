@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from animetagnet.vocab import Category, Tag, Vocabulary
+from animetagnet.vocab import RATING_NAMES, Category, Tag, Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,13 +21,18 @@ SYN_TAGS = [("red_thing", 0, (220, 30, 30)), ("blue_thing", 0, (30, 30, 220)), (
 
 
 def make_synthetic(out: Path, n_train: int = 24, n_val: int = 12, n_test: int = 6, extra_tag: bool = False,
-                   seed: int = 0) -> Path:
-    """Images with 1-2 coloured blobs on white; tags = the colours present. Varied sizes and modes."""
+                   seed: int = 0, ratings: bool = False) -> Path:
+    """Images with 1-2 coloured blobs on white; tags = the colours present. Varied sizes and modes.
+
+    `ratings`: a WD-layout label file (four rating rows first) and a rating label per image
+    (`explicit` when red is present, else `general`); without it, the pre-WD layout (no rating rows).
+    """
     rng = np.random.default_rng(seed)
     tags = list(SYN_TAGS) + ([("yellow_thing", 4, (230, 220, 20))] if extra_tag else [])
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    counts = {t[0]: 0 for t in tags}
+    rows = ([(r, 9, None) for r in RATING_NAMES] if ratings else []) + tags
+    counts = {t[0]: 0 for t in rows}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         lines = []
         for i in range(n):
@@ -40,11 +45,13 @@ def make_synthetic(out: Path, n_train: int = 24, n_val: int = 12, n_test: int = 
             name = f"{split}_{i}.png" if i % 2 else f"{split}_{i}.jpg"
             Image.fromarray(arr).save(img_dir / name)
             names = [tags[k][0] for k in present]
+            if ratings:
+                names.insert(0, "explicit" if "red_thing" in names else "general")
             if split == "train":
                 for t in names:
                     counts[t] += 1
             lines.append(json.dumps({"id": f"{split}{i}", "image": f"images/{name}", "tags": names}))
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    Vocabulary(Tag(n, Category(c), counts[n], i) for i, (n, c, _) in enumerate(tags)).write_csv(out / "selected_tags.csv")
+    Vocabulary(Tag(n, Category(c), counts[n], i) for i, (n, c, _) in enumerate(rows)).write_csv(out / "selected_tags.csv")
     (out / "dataset.json").write_text(json.dumps({"source": "synthetic"}), encoding="utf-8")
     return out

@@ -7,6 +7,7 @@ Hugging Face Hub repo id) into a local directory; `ModelBundle.load` reads it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .vocab import Vocabulary
+from .vocab import Vocabulary, wd_layout_problems
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "selected_tags.csv"
@@ -70,6 +73,11 @@ class ModelMetadata:
         data.update(self.extra)
         return data
 
+    @property
+    def ratings_trained(self) -> bool:
+        """False when export recorded that rows 0-3 exist only for the WD layout (no rating labels)."""
+        return (self.extra.get("labels") or {}).get("ratings") != "untrained"
+
     def preset(self, name: str | None) -> dict[str, Any]:
         """Thresholds of a named preset (or the default preset); {} when the model has none."""
         presets = self.thresholds.get("presets") or {}
@@ -105,6 +113,7 @@ class ModelBundle:
         if not (path / LABELS_FILE).is_file():
             raise ModelError(f"{path}: no {LABELS_FILE} beside {MODEL_FILE}")
         vocab = Vocabulary.read_csv(path / LABELS_FILE)
+        _warn_layout(path / LABELS_FILE, vocab)
         meta_path = path / METADATA_FILE
         if meta_path.is_file():
             try:
@@ -115,6 +124,22 @@ class ModelBundle:
         else:
             metadata = ModelMetadata()
         return cls(path=path, vocab=vocab, metadata=metadata)
+
+
+_warned_layout: set[str] = set()
+
+
+def _warn_layout(labels: Path, vocab: Vocabulary) -> None:
+    """Warn once per label file that positional WD readers would misread; we select by category anyway.
+
+    A file without rating rows (the pre-v3 WD files) is a layout of its own, not warned about.
+    """
+    problems = wd_layout_problems(vocab, require_ratings=False, limit=2)
+    key = os.fspath(labels.resolve())
+    if problems and key not in _warned_layout:
+        _warned_layout.add(key)
+        log.warning("%s: not the WD v3 layout (%s); animetagnet selects tags by category, but kohya and the "
+                    "A1111/ComfyUI taggers read rows by position and will misname them", labels, "; ".join(problems))
 
 
 def looks_like_hub_id(text: str) -> bool:

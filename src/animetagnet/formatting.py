@@ -125,20 +125,39 @@ class TagFilter:
         return TagResult(path=result.path, rating=result.rating, ratings=result.ratings, tags=tags)
 
 
+#: Caption orders: best first, alphabetical, or the model's label-file order.
+SORT_ORDERS = ("confidence", "name", "model")
+
+
 @dataclass
 class CaptionStyle:
     spaces: bool = False  # underscores -> spaces (kaomoji kept)
     escape_parens: bool = False  # ( ) -> \( \) as prompt syntax needs
     separator: str = ", "
     with_confidence: bool = False  # (tag:0.93)
-    sort: str = "confidence"  # or "name"
+    sort: str = "confidence"  # or "name", or "model" (label-file order, as kohya writes captions)
     characters_first: bool = True
     include_rating: bool = False
     always_first: list[str] = field(default_factory=list)
+    #: name -> label-file row, for sort="model"; set by `use_label_order` once the model is loaded.
+    label_order: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.sort not in ("confidence", "name"):
-            raise UsageError(f"sort must be 'confidence' or 'name', not {self.sort!r}")
+        if self.sort not in SORT_ORDERS:
+            raise UsageError(f"sort must be one of {', '.join(SORT_ORDERS)}, not {self.sort!r}")
+
+    def use_label_order(self, names: list[str]) -> None:
+        """The model's label-file order (row i = output i), which sort="model" follows."""
+        self.label_order = {n: i for i, n in reversed(list(enumerate(names)))}
+
+    def sort_key(self, item: tuple[str, float]):
+        """Key for (name, confidence) pairs in this style's order."""
+        if self.sort == "confidence":
+            return (-item[1], item[0])
+        if self.sort == "model":
+            # Renamed tags (--replace) are not in the label file: they go after, by name.
+            return (self.label_order.get(item[0], len(self.label_order)), item[0])
+        return (item[0],)
 
     def format_name(self, name: str) -> str:
         text = name
@@ -150,9 +169,7 @@ class CaptionStyle:
 
     def ordered(self, result: TagResult) -> list[tuple[str, float]]:
         """(name, confidence) in caption order."""
-        def key(item: tuple[str, float]):
-            return (-item[1], item[0]) if self.sort == "confidence" else (item[0],)
-
+        key = self.sort_key
         chars = sorted(result.character.items(), key=key)
         others = sorted(((n, c) for n, cat, c in result.iter_tags() if cat != "character"), key=key)
         body = chars + others if self.characters_first else sorted(chars + others, key=key)

@@ -145,7 +145,7 @@ class CsvWriter(ResultWriter):
         else:
             st = self.style
             join = lambda items: st.separator.join(st.format_tag(n, c) for n, c in items)  # noqa: E731
-            key = (lambda kv: (-kv[1], kv[0])) if st.sort == "confidence" else (lambda kv: kv[0])
+            key = st.sort_key
             other = sorted(((n, c) for n, cat, c in result.iter_tags() if cat not in ("general", "character")), key=key)
             row = [
                 result.path,

@@ -66,7 +66,8 @@ class TagSelector:
     preset's per-tag value, the preset's per-category value, the defaults.
     """
 
-    def __init__(self, vocab: Vocabulary, options: ThresholdOptions | None = None, preset: dict[str, Any] | None = None):
+    def __init__(self, vocab: Vocabulary, options: ThresholdOptions | None = None, preset: dict[str, Any] | None = None,
+                 *, ratings: bool = True):
         self.vocab = vocab
         self.options = options = options or ThresholdOptions()
         options.validate()
@@ -99,7 +100,8 @@ class TagSelector:
             else:
                 thr[i] = category_threshold(label)
         self.thresholds = thr
-        self.rating_idx = vocab.indices(Category.RATING)
+        # ratings=False: the model's rating rows were never trained (WD layout only); show no rating.
+        self.rating_idx = vocab.indices(Category.RATING) if ratings else np.zeros(0, dtype=np.int64)
         self.groups: list[tuple[str, np.ndarray]] = [
             (cat.label, vocab.indices(cat)) for cat in vocab.present_categories() if cat != Category.RATING
         ]

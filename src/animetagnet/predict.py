@@ -96,9 +96,15 @@ class Predictor:
         self.input_size: int = h
         #: None when the batch axis is dynamic; 1 for WD v2 files.
         self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
-        out_shape = self.session.get_outputs()[0].shape
+        # Output 0 is the probabilities; WD exports with embeddings (imgutils' and ours) add a second,
+        # the pooled features, which tagging never fetches.
+        outputs = self.session.get_outputs()
+        out_shape = outputs[0].shape
+        if len(out_shape) != 2:
+            raise ModelError(f"{model_path}: output 0 must be [N, tags] probabilities, got shape {out_shape}")
         self.num_outputs: int | None = out_shape[-1] if isinstance(out_shape[-1], int) else None
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_name = outputs[0].name
+        self.embedding_name: str | None = outputs[1].name if len(outputs) > 1 else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run a float32 [N, H, W, 3] batch; returns [N, num_outputs] float32."""

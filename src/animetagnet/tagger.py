@@ -86,7 +86,7 @@ class Tagger:
 
     def selector(self, options: ThresholdOptions | None = None) -> TagSelector:
         preset = self.bundle.metadata.preset(options.preset if options else None)
-        return TagSelector(self.vocab, options, preset)
+        return TagSelector(self.vocab, options, preset, ratings=self.bundle.metadata.ratings_trained)
 
     # --- core -------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:

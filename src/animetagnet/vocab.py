@@ -1,7 +1,9 @@
 """The tag vocabulary: names and Danbooru categories, read from and written to WD `selected_tags.csv`.
 
-Row i of the label file names output i of the model. Categories always come from the
-file's `category` column, never from positions.
+Row i of the label file names output i of the model. Our own code takes categories from the
+file's `category` column, never from positions; the WD clients (kohya, the A1111 and ComfyUI
+taggers) do read by position, so every label file we write follows the WD v3 layout, checked
+by `wd_layout_problems`: rows 0-3 the ratings, then the general block, then the characters.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class Category(IntEnum):
 
 #: WD rating output names, in Danbooru's newer g/s/q/e order.
 RATING_NAMES = ("general", "sensitive", "questionable", "explicit")
+#: WD label files give the rating rows these ids; kept so our files look like theirs.
+RATING_IDS = {"general": 9999999, "sensitive": 9999998, "questionable": 9999997, "explicit": 9999996}
+#: The WD v3 block order after the rating rows. Categories WD files never carry go last, where
+#: positional readers mistake them for characters (see `extra_category_warning`).
+WD_BLOCK_ORDER = (0, 4, 3, 1, 5)  # general, character, copyright, artist, meta
 
 
 @dataclass(frozen=True)
@@ -161,3 +168,56 @@ class Vocabulary(Sequence[Tag]):
 
     def write_csv(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.to_csv_text())
+
+
+# --- the WD v3 layout -------------------------------------------------------
+
+def _row(vocab: Vocabulary, i: int) -> str:
+    t = vocab[i]
+    return f"row {i} {t.name!r} ({t.category.label})"
+
+
+def wd_layout_problems(vocab: Vocabulary, *, require_ratings: bool = True, limit: int = 5) -> list[str]:
+    """What breaks the WD v3 layout positional readers rely on; [] when the file follows it.
+
+    The layout: rows 0-3 are the ratings general, sensitive, questionable, explicit (category
+    9), then every general tag (0), then every character tag (4), then any other category in
+    the order copyright, artist, meta. `require_ratings=False` accepts a file with no rating
+    rows at all (the pre-v3 label files), but never rating rows elsewhere.
+    """
+    problems: list[str] = []
+    has_ratings = bool(vocab.indices(Category.RATING).size)
+    start = 0
+    if has_ratings or require_ratings:
+        for i, want in enumerate(RATING_NAMES):
+            if i >= len(vocab):
+                problems.append(f"row {i} is missing (expected the rating {want!r}, category 9)")
+            elif vocab[i].category != Category.RATING or vocab[i].name != want:
+                problems.append(f"{_row(vocab, i)} should be the rating {want!r} (category 9)")
+        start = len(RATING_NAMES)
+    rank = {c: k for k, c in enumerate(WD_BLOCK_ORDER)}
+    last: int | None = None
+    for i in range(start, len(vocab)):
+        cat = vocab[i].category
+        if cat == Category.RATING:
+            problems.append(f"{_row(vocab, i)} is a rating outside rows 0-3")
+            continue
+        if last is not None and rank[cat] < rank[vocab[last].category]:
+            problems.append(f"{_row(vocab, i)} comes after {_row(vocab, last)}; blocks must be "
+                            "general, then character, then copyright, artist, meta")
+        if last is None or rank[cat] >= rank[vocab[last].category]:
+            last = i
+    return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+
+
+def extra_category_warning(vocab: Vocabulary) -> str | None:
+    """The warning for copyright/artist/meta rows: what positional readers do with them."""
+    extra = [c for c in vocab.present_categories() if int(c) not in (0, 4, 9)]
+    if not extra:
+        return None
+    n = sum(int((vocab.categories == int(c)).sum()) for c in extra)
+    labels = "/".join(c.label for c in extra)
+    return (f"{n} {labels} label(s) follow the characters: our tools select them by category, but "
+            "kohya sd-scripts reads every row after the general block as a character (and fails with "
+            "IndexError when one fires), ComfyUI-WD14-Tagger captions them as characters, and the A1111 "
+            "taggers mix them into the general tags")

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     e = subparsers.add_parser(
         "export",
         help="export a training run to a WD-layout model directory (ONNX)",
-        description="Write model.onnx (NHWC BGR 0..255, sigmoid outputs, dynamic batch), selected_tags.csv, "
+        description="Write model.onnx (NHWC BGR 0..255, dynamic batch; outputs: sigmoid probabilities, embedding), "
+        "selected_tags.csv (WD v3 layout), "
         "animetagnet.json (thresholds picked on val, metrics, provenance) and a model card.",
     )
     e.add_argument("run_dir", metavar="RUN_DIR")
@@ -36,6 +37,11 @@ def register(subparsers) -> None:
     e.add_argument("--parity-images", type=int, default=16, metavar="N", help="real images for the ONNX/torch parity check")
     e.add_argument("--max-eval-images", type=int, default=0, metavar="N", help="cap val/test images used (0: all)")
     e.add_argument("--force", action="store_true", help="overwrite an existing MODEL_DIR/model.onnx")
+    e.add_argument("--input-size", type=int, default=None, metavar="PX",
+                   help="ONNX input size, resized in the graph to the trained size (448 for kohya sd-scripts, "
+                        "which always feeds 448 px; default: the trained size)")
+    e.add_argument("--comfyui", metavar="DIR", default=None,
+                   help="also write ComfyUI-WD14-Tagger's flat layout: DIR/NAME.onnx + DIR/NAME.csv (NAME: MODEL_DIR's name)")
     e.set_defaults(func=run_export)
 
 
@@ -74,6 +80,7 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export
 
     report = export(args.run_dir, args.out, dataset_dir=args.dataset, weights=args.weights, int8=args.int8,
-                    parity_images=args.parity_images, max_eval_images=args.max_eval_images, force=args.force)
+                    parity_images=args.parity_images, max_eval_images=args.max_eval_images, force=args.force,
+                    input_size=args.input_size, comfyui_dir=args.comfyui)
     print(f"exported {args.run_dir} -> {args.out} (parity max |diff| {report['parity']['max_abs_diff']:.2e})")
     return 0

@@ -1,4 +1,8 @@
-"""Run directory -> WD-layout model directory: ONNX (NHWC BGR 0..255, sigmoid), labels, thresholds, metrics, card."""
+"""Run directory -> WD-layout model directory: ONNX (NHWC BGR 0..255, sigmoid), labels, thresholds, metrics, card.
+
+What the graph computes around the network (label layout, untrained ratings, 448 px input,
+embedding output) is `wdgraph`'s; this module runs the export, checks it and writes the files.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,16 @@ import torch
 from animetagnet.errors import ImageError
 from animetagnet.fileio import atomic_write_bytes, atomic_write_text
 from animetagnet.images import load_and_preprocess
-from animetagnet.vocab import Category, Vocabulary
+from animetagnet.vocab import Category, Vocabulary, extra_category_warning
 
 from . import checkpoint, config as config_mod, data, metrics
 from . import model as model_mod
+from . import wdgraph
 from .errors import TrainingError
 
 #: ONNX/torch parity bound on probabilities; float32 reorderings stay orders of magnitude below it.
 PARITY_TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME = "input", wdgraph.OUTPUT_NAME, wdgraph.EMBEDDING_NAME
 #: Threshold presets: the F-beta each one maximises per category on the validation split.
 PRESET_BETAS = {"balanced": 1.0, "high_precision": 0.5, "high_recall": 2.0}
 
@@ -38,15 +43,6 @@ def _json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-class _WithSigmoid(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
 
 
 def load_run(run_dir: Path, weights: str = "best"):
@@ -64,7 +60,8 @@ def load_run(run_dir: Path, weights: str = "best"):
     return cfg, vocab, net.eval(), meta
 
 
-def to_onnx_bytes(net: torch.nn.Module, size: int, opset: int = 17) -> bytes:
+def to_onnx_bytes(graph: wdgraph.ExportGraph, size: int, opset: int = 17) -> bytes:
+    """ONNX of `graph` taking [batch, size, size, 3]; outputs `output` (probabilities) and `embedding`."""
     import warnings
 
     buf = io.BytesIO()
@@ -72,15 +69,15 @@ def to_onnx_bytes(net: torch.nn.Module, size: int, opset: int = 17) -> bytes:
     # The TorchScript exporter is deprecated but needs no onnxscript; its warnings are noise here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        _export(net, dummy, buf, opset)
+        _export(graph, dummy, buf, opset)
     return buf.getvalue()
 
 
-def _export(net: torch.nn.Module, dummy: torch.Tensor, buf: io.BytesIO, opset: int) -> None:
+def _export(graph: torch.nn.Module, dummy: torch.Tensor, buf: io.BytesIO, opset: int) -> None:
     torch.onnx.export(
-        _WithSigmoid(net).eval(), (dummy,), buf,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        graph.eval(), (dummy,), buf,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, EMBEDDING_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, EMBEDDING_NAME: {0: "batch"}},
         opset_version=opset, do_constant_folding=True, dynamo=False,
     )
 
@@ -110,10 +107,11 @@ def load_images(paths: list[str], size: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)
 
 
-def targets_of(split: data.Split, n_tags: int) -> np.ndarray:
+def targets_of(split: data.Split, n_tags: int, offset: int = 0) -> np.ndarray:
+    """Multi-hot targets; `offset` shifts the dataset's indices (rating rows prepended at export)."""
     t = np.zeros((len(split.paths), n_tags), dtype=np.float32)
     for i, lab in enumerate(split.labels):
-        t[i, lab] = 1
+        t[i, np.asarray(lab, dtype=np.int64) + offset] = 1
     return t
 
 
@@ -212,10 +210,37 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
         "A Danbooru-style multi-label tagger in WD layout (`model.onnx` + `selected_tags.csv`), trained with AnimeTagNet.",
         "",
         "## Use",
-        "- `animetagnet tag IMAGES --model THIS_DIR`, or any WD-tagger tool (kohya sd-scripts, tagger extensions):",
-        f"  input `{INPUT_NAME}` [batch, {pre['size']}, {pre['size']}, 3] float32 **BGR 0..255** (NHWC), "
-        "white-padded centred square, bicubic resize; output `output` [batch, tags] sigmoid probabilities.",
-        f"- {len(vocab)} tags; categories from the `category` column of `selected_tags.csv`.",
+        "- `animetagnet tag IMAGES --model THIS_DIR`.",
+        f"- input `{INPUT_NAME}` [batch, {pre['size']}, {pre['size']}, 3] float32 **BGR 0..255** (NHWC), "
+        "white-padded centred square, bicubic resize"
+        + (f"; the graph resizes it to the {pre['network_size']} px the network was trained at "
+           "(Pillow's bicubic weights)" if "network_size" in pre else "") + ".",
+        f"- outputs: `{OUTPUT_NAME}` [batch, {len(vocab)}] sigmoid probabilities, row i of `selected_tags.csv` = "
+        f"output i; `{EMBEDDING_NAME}` [batch, {meta['embedding']['dim']}], the pooled features before the head.",
+        "",
+        "## Label file",
+        "WD v3 layout: rows 0-3 are the ratings general, sensitive, questionable, explicit (category 9), then the "
+        "general tags (0), then the characters (4)" + (", then other categories (read the warning below)"
+                                                        if any(int(c) not in (0, 4, 9) for c in vocab.present_categories()) else "") + ".",
+    ]
+    labels = meta["labels"]
+    if labels["ratings"] == "untrained":
+        lines.append(f"- **The ratings were never trained** (the dataset has no rating labels): rows 0-3 output "
+                     f"{wdgraph.UNTRAINED_RATING_VALUE} for every image. animetagnet shows no rating for this model; "
+                     "tools that take the argmax of rows 0-3 (kohya `--use_rating_tags`) would always print `general`, so "
+                     "do not ask them for ratings.")
+    warning = extra_category_warning(vocab)
+    if warning:
+        lines.append(f"- Warning: {warning}.")
+    lines += [
+        "",
+        "## Which tools read it",
+        "Checked by this project's tests with each tool's convention (imgutils with its own code):",
+        "- imgutils `get_wd14_tags`: reads the input size from the model and needs the two outputs; any size works.",
+        "- ComfyUI-WD14-Tagger (flat `NAME.onnx` + `NAME.csv`, `animetagnet export --comfyui DIR`) and the A1111 "
+        "wd14 tagger extensions: read the input size from the model; any size works.",
+        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx`: always feeds 448 px; use an export made with "
+        "`--input-size 448`" + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
         "",
         "## Training",
     ]
@@ -240,27 +265,61 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comfyui_copy(out_dir: Path, comfy_dir: Path, name: str, force: bool) -> list[Path]:
+    """ComfyUI-WD14-Tagger's layout: flat NAME.onnx + NAME.csv in its models folder."""
+    comfy_dir.mkdir(parents=True, exist_ok=True)
+    pairs = [(out_dir / "model.onnx", comfy_dir / f"{name}.onnx"), (out_dir / "selected_tags.csv", comfy_dir / f"{name}.csv")]
+    if not force:
+        for _, dst in pairs:
+            if dst.exists():
+                raise TrainingError(f"{dst} exists; pass --force to overwrite")
+    for src, dst in pairs:
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    return [dst for _, dst in pairs]
+
+
 def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool = False,
-           parity_images: int = 16, max_eval_images: int = 0, force: bool = False, log=None) -> dict:
+           parity_images: int = 16, max_eval_images: int = 0, force: bool = False, log=None,
+           input_size: int | None = None, comfyui_dir=None) -> dict:
+    """Export a run. `input_size` (e.g. 448 for kohya): the ONNX input size, resized in the graph to
+    the trained size; `comfyui_dir`: also write NAME.onnx + NAME.csv there (NAME: the model directory's name)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (out_dir / "model.onnx").exists() and not force:
         raise TrainingError(f"{out_dir}/model.onnx exists; pass --force to overwrite")
-    cfg, vocab, net, wmeta = load_run(run_dir, weights)
-    size = cfg.model.image_size
+    cfg, run_vocab, net, wmeta = load_run(run_dir, weights)
+    network_size = cfg.model.image_size
+    size = input_size or network_size
+    if not 16 <= size <= 4096:
+        raise TrainingError(f"--input-size {size}: expected 16..4096 pixels")
     if dataset_dir is None:
         run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
         dataset_dir = run_info.get("dataset")
         if not dataset_dir:
             raise TrainingError(f"{run_dir}: no dataset recorded; pass --dataset")
     ds = data.open_dataset(dataset_dir)
-    if ds.vocab.names != vocab.names:
-        raise TrainingError(f"{dataset_dir}: vocabulary differs from the run's ({len(ds.vocab)} vs {len(vocab)} tags)")
+    if ds.vocab.names != run_vocab.names:
+        raise TrainingError(f"{dataset_dir}: vocabulary differs from the run's ({len(ds.vocab)} vs {len(run_vocab)} tags)")
+    rating_idx = set(run_vocab.indices(Category.RATING).tolist())
+    rating_positives = sum(int(k) in rating_idx for lab in ds.split("train").labels for k in lab) if "train" in ds.splits else 0
+    plan = wdgraph.plan_labels(ds.vocab, rating_positives)  # refuses a label file that breaks the WD layout
+    vocab, offset = plan.vocab, len(plan.vocab) - len(run_vocab)
+    if plan.added_ratings:
+        log("the run's label file has no rating rows (prepared before the WD layout): four constant rating rows added")
+    if not plan.ratings_trained:
+        log(f"ratings: the dataset has no rating labels; rows 0-3 output {wdgraph.UNTRAINED_RATING_VALUE} and are marked untrained")
+    warning = extra_category_warning(vocab)
+    if warning:
+        log(f"warning: {warning}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    log(f"exporting {cfg.model.backbone}@{size} ({len(vocab)} tags) to {onnx_path}")
-    atomic_write_bytes(onnx_path, to_onnx_bytes(net, size))
+    graph = wdgraph.ExportGraph(net, plan, network_size, size).eval()
+    resize_note = f", input {size}px resized in the graph" if size != network_size else ""
+    log(f"exporting {cfg.model.backbone}@{network_size}{resize_note} ({len(vocab)} tags) to {onnx_path}")
+    atomic_write_bytes(onnx_path, to_onnx_bytes(graph, size))
     import onnx
 
     onnx.checker.check_model(str(onnx_path))
@@ -271,9 +330,15 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
     n_par = max(1, min(parity_images, len(val.paths)))
     par_batch = load_images(val.paths[:n_par], size)
     with torch.no_grad():
-        ref = torch.sigmoid(net(torch.from_numpy(par_batch))).numpy()
-    got = run_onnx(sess, par_batch)
-    diff = float(np.abs(ref - got).max())
+        ref, ref_emb = (t.numpy() for t in graph(torch.from_numpy(par_batch)))
+        # The graph's own head path must be the network's forward, rows mapped by the label plan.
+        direct = torch.sigmoid(net(graph.resize_input(torch.from_numpy(par_batch)) if graph.resize else torch.from_numpy(par_batch))).numpy()
+    keep = graph.keep.numpy() > 0
+    if np.abs(ref[:, offset:][:, keep] - direct[:, keep]).max() > PARITY_TOLERANCE:
+        raise TrainingError("export: the graph's head path differs from the network's forward (unsupported timm head?)")
+    got_all = sess.run(None, {sess.get_inputs()[0].name: par_batch})
+    got, got_emb = got_all[0], got_all[1]
+    diff = float(max(np.abs(ref - got).max(), np.abs(ref_emb - got_emb).max()))
     log(f"parity onnxruntime vs torch on {n_par} real images: max |diff| {diff:.2e} (bound {PARITY_TOLERANCE:.0e})")
     if not diff <= PARITY_TOLERANCE:
         raise TrainingError(f"export parity check failed: max |onnx - torch| = {diff:.3e} > {PARITY_TOLERANCE:.0e}")
@@ -286,7 +351,7 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         sp = ds.split(split_name)
         n = len(sp.paths) if not max_eval_images else min(max_eval_images, len(sp.paths))
         imgs = load_images(sp.paths[:n], size)
-        probs_by_split[split_name] = (run_onnx(sess, imgs), targets_of(sp, len(vocab))[:n], imgs)
+        probs_by_split[split_name] = (run_onnx(sess, imgs), targets_of(sp, len(vocab), offset)[:n], imgs)
     vp, vt, vimgs = probs_by_split["val"]
     thresholds = pick_thresholds(vp, vt, vocab)
     th = threshold_vector(thresholds["presets"]["balanced"], vocab)
@@ -303,7 +368,13 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         "name": cfg.name,
         "outputs": "probabilities",
         "preprocessing": {"size": size, "layout": "NHWC", "channels": "BGR", "range": [0, 255],
-                          "pad": "white-centred-square", "resample": "bicubic"},
+                          "pad": "white-centred-square", "resample": "bicubic",
+                          **({"network_size": network_size,
+                              "in_graph_resize": "Pillow BICUBIC weights (antialiased), two matrix products"}
+                             if size != network_size else {})},
+        "labels": plan.metadata(),
+        "embedding": {"output": EMBEDDING_NAME, "dim": int(got_emb.shape[1]),
+                      "what": "pooled backbone features before the classifier head"},
         "thresholds": thresholds,
         "provenance": {
             "dataset": str(Path(dataset_dir).resolve()),
@@ -327,9 +398,12 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
     if int8:
         meta["int8"] = export_int8(onnx_path, out_dir / "model_int8.onnx", vimgs, vp, vt, th, evals["val"], log)
 
-    ds.vocab.write_csv(out_dir / "selected_tags.csv")  # counts from the dataset's training split
+    vocab.write_csv(out_dir / "selected_tags.csv")  # counts from the dataset's training split
     atomic_write_text(out_dir / "animetagnet.json", json.dumps(_json_safe(meta), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out_dir / "README.md", model_card(meta, vocab))
+    if comfyui_dir is not None:
+        for path in comfyui_copy(out_dir, Path(comfyui_dir), out_dir.resolve().name, force):
+            log(f"ComfyUI-WD14-Tagger layout: {path}")
     if (run_dir / "metrics.jsonl").is_file():
         shutil.copyfile(run_dir / "metrics.jsonl", out_dir / ".training_metrics.jsonl.tmp")
         (out_dir / ".training_metrics.jsonl.tmp").replace(out_dir / "training_metrics.jsonl")

@@ -54,15 +54,16 @@ def test_faces_counts_vocabulary_and_files(faces_datasets, data_dir):
     assert info["counts"]["records_kept"] == n_files - collapsed
     vocab = Vocabulary.read_csv(out / "selected_tags.csv")
     folders = sorted(p.name for p in (data_dir / "faces").iterdir() if p.is_dir())
-    assert sorted(vocab.names) == folders  # includes ninomae_ina'nis and irys_(hololive)
-    assert {t.category.label for t in vocab} == {"character"}
+    assert vocab.names[:4] == ["general", "sensitive", "questionable", "explicit"]  # WD layout, unlabelled here
+    assert sorted(vocab.names[4:]) == folders  # includes ninomae_ina'nis and irys_(hololive)
+    assert {t.category.label for t in vocab[4:]} == {"character"} and all(t.count == 0 for t in vocab[:4])
     recs = all_records(out)
     assert sum(len(v) for v in recs.values()) == info["counts"]["records_kept"]
     train_counts = defaultdict(int)
     for r in recs["train"]:
         for t in r["tags"]:
             train_counts[t] += 1
-    assert {t.name: t.count for t in vocab} == dict(train_counts)
+    assert {t.name: t.count for t in vocab[4:]} == dict(train_counts)
     ids = [r["id"] for v in recs.values() for r in v]
     assert len(ids) == len(set(ids))
     for v in recs.values():
@@ -152,7 +153,7 @@ def test_kaggle_faces_part_strips_prefixes(kaggle_tree, tmp_path):
     out = tmp_path / "faces"
     info = prepare_dataset(PrepareOptions(source=str(kaggle_tree["root"]), out=str(out), kaggle_part="faces",
                                           rules=CurationRules(min_count={"*": 1})))
-    assert sorted(Vocabulary.read_csv(out / "selected_tags.csv").names) == ["gawr_gura", "irys_(hololive)"]
+    assert sorted(Vocabulary.read_csv(out / "selected_tags.csv").names[4:]) == ["gawr_gura", "irys_(hololive)"]
     assert info["counts"]["records_kept"] == 12
     assert info["source"]["layout"]["faces_dir"].endswith("moeimouto-faces/moeimouto-faces")
 
@@ -166,7 +167,7 @@ def test_metadata_only_and_original_rules(kaggle_tree, tmp_path):
     assert info["source"]["format"] == "danbooru" and info["image_paths"].startswith("none")
     assert not any((out / f).exists() for f in SPLIT_FILES)
     vocab = Vocabulary.read_csv(out / "selected_tags.csv")
-    assert all(n.isalnum() for n in vocab.names) and "1girl" in vocab
+    assert all(n.isalnum() for n in vocab.names[4:]) and "1girl" in vocab
     assert info["selection"]["original"]["multi_word_tags"] > 0
     # metadata without images and without --metadata-only is a usage error
     res = run_main("prepare", str(meta_dir), "--out", str(tmp_path / "x"))
@@ -228,7 +229,7 @@ def test_output_directory_is_never_clobbered(data_dir, tmp_path):
     assert res.returncode == 2 and "--overwrite" in res.stderr
     res = run_main("prepare", str(small), "--out", str(out), "--min-count", "1", "--overwrite", "--class-category", "general", "--no-plot")
     assert res.returncode == 0, res.stderr
-    assert {t.category.label for t in Vocabulary.read_csv(out / "selected_tags.csv")} == {"general"}
+    assert {t.category.label for t in Vocabulary.read_csv(out / "selected_tags.csv")} == {"general", "rating"}
     assert run_main("dataset-stats", str(out)).stdout.startswith("# Dataset report")
     # an interrupted run leaves our files without dataset.json: refused unless --overwrite
     (out / "dataset.json").unlink()
@@ -289,8 +290,8 @@ def test_alias_merge_old_and_new_names(tmp_path):
     info = prepare_dataset(PrepareOptions(source=str(meta), out=str(out), metadata_only=True, tag_tables=[str(aliases)],
                                           rules=CurationRules(min_count={"*": 1})))
     vocab = Vocabulary.read_csv(out / "selected_tags.csv")
-    assert vocab.names == ["black_thighhighs"]
-    assert vocab[0].count == info["stats"]["splits"]["train"]["images"]
+    assert vocab.names[4:] == ["black_thighhighs"]
+    assert vocab[4].count == info["stats"]["splits"]["train"]["images"]
 
 
 def test_core_import_never_pulls_torch():

@@ -15,7 +15,7 @@ from animetagnet.datasets.records import SkipLog, normalize_tag
 from animetagnet.datasets.splits import bucket_of, parse_ratios, split_of
 from animetagnet.datasets.tagtable import TagTable
 from animetagnet.errors import UsageError
-from animetagnet.vocab import Category
+from animetagnet.vocab import Category, wd_layout_problems
 
 
 def test_normalize_tag_spellings():
@@ -125,26 +125,34 @@ def test_frequency_selection_per_category():
     counts, cats = _counts()
     vocab, report = select_vocabulary(counts, cats, Counter({"general": 50, "explicit": 5}),
                                       CurationRules(min_count={"*": 10}), {"1girl": 470575})
-    assert vocab.names == ["1girl", "long_hair", "smile", "hatsune_miku"]
-    assert vocab[0].tag_id == 470575 and vocab[0].count == 100
-    assert report["kept"] == {"general": 3, "character": 1}
+    # The four WD rating rows always come first; unlabelled (count 0) without --ratings.
+    assert vocab.names == ["general", "sensitive", "questionable", "explicit", "1girl", "long_hair", "smile", "hatsune_miku"]
+    assert [t.count for t in vocab[:4]] == [0, 0, 0, 0] and report["ratings_labelled"] == 0
+    assert vocab[4].tag_id == 470575 and vocab[4].count == 100
+    assert report["kept"] == {"general": 3, "character": 1, "rating": 4}
+    assert wd_layout_problems(vocab) == [] and "warnings" not in report
     rules = CurationRules(categories=("general", "character", "copyright"), min_count={"*": 10, "character": 50},
                           top={"general": 2}, ratings=True)
-    vocab, _ = select_vocabulary(counts, cats, Counter({"general": 50, "explicit": 5}), rules)
-    assert vocab.names == ["general", "explicit", "1girl", "long_hair", "vocaloid"]
+    vocab, report = select_vocabulary(counts, cats, Counter({"general": 50, "explicit": 5}), rules)
+    assert vocab.names == ["general", "sensitive", "questionable", "explicit", "1girl", "long_hair", "vocaloid"]
     assert vocab[0].category is Category.RATING and vocab[0].tag_id == 9999999
+    assert [t.count for t in vocab[:4]] == [50, 0, 0, 5] and report["ratings_labelled"] == 2
+    # Copyright after the characters is allowed by the layout but warned about: positional readers misread it.
+    assert wd_layout_problems(vocab) == []
+    assert "copyright" in report["warnings"][0] and "IndexError" in report["warnings"][0]
 
 
 def test_original_rules_keep_only_letters_and_digits():
     counts, cats = _counts()
     vocab, report = select_vocabulary(counts, cats, Counter(), CurationRules.original())
     assert "long_hair" not in vocab and "hatsune_miku" not in vocab
+    assert wd_layout_problems(vocab) == []  # ratings, general, copyright, artist, meta
     assert {"1girl", "smile", "highres", "vocaloid", "rare"} <= set(vocab.names)
     assert report["original"] == {"one_word_tags": 5, "multi_word_tags": 3}
     rules = CurationRules.original()
     rules.top = {"*": 2}
     vocab, _ = select_vocabulary(counts, cats, Counter(), rules)
-    assert vocab.names == ["1girl", "highres"]
+    assert vocab.names[4:] == ["1girl", "highres"]
 
 
 def test_parse_category_values():

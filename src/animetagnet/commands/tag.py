@@ -48,7 +48,8 @@ def add_format_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--escape-parens", action="store_true", help=r"escape parentheses: `irys \(hololive\)`")
     g.add_argument("--separator", default=", ", help="between tags in captions and CSV cells (default ', ')")
     g.add_argument("--with-confidence", action="store_true", help="write tags as (tag:0.93)")
-    g.add_argument("--sort", choices=("confidence", "name"), default="confidence")
+    g.add_argument("--sort", choices=("confidence", "name", "model"), default="confidence",
+                   help="tag order in captions: confidence (best first), name, or model (label-file order, as kohya writes)")
     g.add_argument("--no-characters-first", dest="characters_first", action="store_false",
                    help="do not put character tags first")
     g.add_argument("--include-rating", action="store_true", help="start captions with the rating tag")
@@ -160,6 +161,7 @@ def run(args) -> int:
 
     tagger = Tagger(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size,
                     exact=args.exact, max_pixels=args.max_pixels)
+    style.use_label_order(tagger.vocab.names)
     quiet = args.quiet
     if not quiet:
         print(f"animetagnet: {tagger.describe()}; {len(todo)} images to tag"

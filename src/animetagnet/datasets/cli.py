@@ -51,7 +51,8 @@ def register(subparsers) -> None:
                      help="frequency (default): per-category thresholds; original: the original project's "
                           "rules (letters-and-digits tags only, 2,000 most common)")
     cur.add_argument("--categories", default=None,
-                     help="comma-separated categories to learn (default general,character)")
+                     help="comma-separated categories to learn (default general,character); copyright, artist "
+                          "and meta go after the characters, where positional WD readers misread them (warned)")
     cur.add_argument("--min-count", action="append", metavar="N|CATEGORY=N",
                      help="minimum training images per tag (default 10); repeat per category")
     cur.add_argument("--top", action="append", metavar="N|CATEGORY=N",
@@ -60,7 +61,8 @@ def register(subparsers) -> None:
     cur.add_argument("--keep-meta-tags", action="store_true",
                      help="do not exclude the default meta-like tags (highres, absurdres, commentary, ...)")
     cur.add_argument("--ratings", action="store_true",
-                     help="add rating labels (category 9: general/sensitive/questionable/explicit)")
+                     help="learn the source's rating labels (category 9: general/sensitive/questionable/explicit); "
+                          "the four rating rows are always written (WD layout), untrained without this")
     cur.add_argument("--drop-untagged", action="store_true",
                      help="leave out images with no vocabulary tag (default: keep them as negatives)")
     spl = p.add_argument_group("splits and output")
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     info = prepare_dataset(options_from_args(args))
     failed = failure_count(info)
+    for warning in info.get("selection", {}).get("warnings", []):
+        print(f"animetagnet: warning: {warning}", file=sys.stderr)  # even with -q: it changes what clients read
     if not args.quiet:
         print_summary(info)
         print(f"wrote {args.out} in {time.monotonic() - started:.1f} s", file=sys.stderr)

@@ -7,8 +7,12 @@ Two presets:
 - `original`: the original AnimeTagNet rules, for comparison: keep only tags made of letters
   and digits (so every multi-word tag such as `long_hair` is dropped), all categories
   together, the 2,000 most frequent.
-Order of the written vocabulary: ratings (WD order), then general, character, copyright,
-artist, meta; inside a category by training count (descending), then name.
+Order of the written vocabulary, the WD v3 layout (`vocab.wd_layout_problems`): the four
+rating rows (WD order) always, then general, character, and copyright, artist, meta only when
+asked for; inside a category by training count (descending), then name. The rating rows are
+written even when the source has no ratings (or --ratings is off): positional readers take
+rows 0-3 as ratings, and a file without them shifts every name by four. Such rows have a
+training count of 0; export records them as untrained and our tools then show no rating.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from ..errors import UsageError
-from ..vocab import RATING_NAMES, Category, Tag, Vocabulary
+from ..vocab import RATING_IDS, RATING_NAMES, Category, Tag, Vocabulary, extra_category_warning
 
 CATEGORY_ORDER = (Category.GENERAL, Category.CHARACTER, Category.COPYRIGHT, Category.ARTIST, Category.META)
 
@@ -31,8 +35,6 @@ DEFAULT_EXCLUDE = (
     "translation_request",
 )
 _ALNUM = re.compile(r"^[a-z0-9]+$")
-#: WD label files give the rating rows these ids; kept so our files look like theirs.
-RATING_IDS = {"general": 9999999, "sensitive": 9999998, "questionable": 9999997, "explicit": 9999996}
 
 
 @dataclass
@@ -123,11 +125,10 @@ def select_vocabulary(
             continue
         by_cat[cat].append((name, count))
 
-    chosen: list[Tag] = []
-    if rules.ratings:
-        for r in RATING_NAMES:
-            if rating_counts.get(r, 0) > 0:
-                chosen.append(Tag(r, Category.RATING, rating_counts[r], RATING_IDS[r]))
+    # Always the four WD rating rows first; without --ratings they are never labelled (count 0).
+    chosen: list[Tag] = [
+        Tag(r, Category.RATING, rating_counts.get(r, 0) if rules.ratings else 0, RATING_IDS[r]) for r in RATING_NAMES
+    ]
     if rules.preset == "original":
         pool = [(n, c, cat) for cat, items in by_cat.items() for n, c in items]
         one_word = [p for p in pool if _ALNUM.match(p[0])]
@@ -160,7 +161,11 @@ def select_vocabulary(
         raise UsageError(f"unknown curation preset {rules.preset!r} (frequency or original)")
     report["candidates"] = {k: v for k, v in report["candidates"].items() if v}
     report["kept"] = {k: v for k, v in report["kept"].items() if v}
-    if rules.ratings:
-        report["kept"]["rating"] = sum(1 for t in chosen if t.category is Category.RATING)
+    report["kept"]["rating"] = len(RATING_NAMES)
+    report["ratings_labelled"] = sum(1 for t in chosen if t.category is Category.RATING and t.count > 0)
     report["dropped"] = {k: v for k, v in sorted(report["dropped"].items()) if v}
-    return Vocabulary(chosen), report
+    vocab = Vocabulary(chosen)
+    warning = extra_category_warning(vocab)
+    if warning:
+        report["warnings"] = [warning]
+    return vocab, report

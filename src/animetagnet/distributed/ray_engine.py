@@ -273,5 +273,9 @@ def run_ray_tagging(args, found, fmt: str, thresholds, tag_filter, style) -> int
         from ..bundle import ModelBundle
 
         ModelBundle.load(args.model)  # fail fast with a clear message, before starting Ray
+    if style.sort == "model":  # captions are written here, in the driver: it needs the label order
+        from ..bundle import ModelBundle
+
+        style.use_label_order(ModelBundle.load(args.model).vocab.names)
     summary = job.run()
     return 1 if summary["failed"] or found.missing else 0

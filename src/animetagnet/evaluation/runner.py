@@ -126,7 +126,8 @@ def run_model(
     model_only = sum(1 for t in mv if t.category != Category.RATING and t.name not in ds_names)
 
     rating_ds = [t.name for t in ds if t.category == Category.RATING]
-    rating_model_idx = mv.indices(Category.RATING)
+    # A model whose rating rows were never trained (WD layout only) predicts no rating.
+    rating_model_idx = mv.indices(Category.RATING) if tagger.bundle.metadata.ratings_trained else np.zeros(0, np.int64)
     rating_model = [mv.names[i] for i in rating_model_idx]
     general_idx = mv.indices(Category.GENERAL)
     character_idx = mv.indices(Category.CHARACTER)

@@ -50,7 +50,7 @@ class TagParams(BaseModel):
     escape_parens: bool = Field(False, description=r"escape parentheses in captions: `irys \(hololive\)`")
     separator: str = Field(", ", max_length=16, description="between tags in the caption")
     with_confidence: bool = Field(False, description="write tags as (tag:0.93)")
-    sort: Literal["confidence", "name"] = "confidence"
+    sort: Literal["confidence", "name", "model"] = "confidence"
     characters_first: bool = True
     include_rating: bool = Field(False, description="start the caption with the rating tag")
     always_first: str | None = Field(None, max_length=4000, description="comma-separated tags to put first")

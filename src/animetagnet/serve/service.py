@@ -164,7 +164,10 @@ class TagService:
         return self._selector(key)
 
     def options(self, req: RequestOptions) -> tuple[ThresholdOptions, TagFilter, CaptionStyle]:
-        return self._options(req)
+        thresholds, tag_filter, style = self._options(req)
+        if style.sort == "model" and not style.label_order:  # cached per request shape: set once
+            style.use_label_order(self.tagger.vocab.names)
+        return thresholds, tag_filter, style
 
     def default_thresholds(self) -> dict[str, float]:
         """The threshold each category uses when a request sets none (model preset or defaults)."""
