@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from .. import __version__
-from .service import ApiError, Limits, RequestOptions, TagService
+from .service import ApiError, Limits, TagService
 
 try:
     from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -31,35 +31,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     ) from None
 
 from .limits import BodyLimitMiddleware
-
-
-class TagParams(BaseModel):
-    """Query parameters of /v1/tag and /v1/caption; same names and meaning as `animetagnet tag` options."""
-
-    model_config = {"extra": "forbid"}
-
-    general_threshold: float | None = Field(None, ge=0, le=1, description="threshold for general tags")
-    character_threshold: float | None = Field(None, ge=0, le=1, description="threshold for character tags")
-    threshold_preset: str | None = Field(None, description="a threshold preset from the model's metadata")
-    mcut_general: bool = Field(False, description="MCut threshold for general tags")
-    mcut_character: bool = Field(False, description="MCut threshold for character tags (floor 0.15)")
-    top_k: int | None = Field(None, ge=1, le=10000, description="keep at most K tags per image")
-    min_confidence: float | None = Field(
-        None, ge=0, le=1, description="also return `scores`: every tag at or above this confidence, for client-side filtering")
-    spaces: bool = Field(False, description="`long hair` instead of `long_hair` in captions")
-    escape_parens: bool = Field(False, description=r"escape parentheses in captions: `irys \(hololive\)`")
-    separator: str = Field(", ", max_length=16, description="between tags in the caption")
-    with_confidence: bool = Field(False, description="write tags as (tag:0.93)")
-    sort: Literal["confidence", "name"] = "confidence"
-    characters_first: bool = True
-    include_rating: bool = Field(False, description="start the caption with the rating tag")
-    always_first: str | None = Field(None, max_length=4000, description="comma-separated tags to put first")
-    exclude: str | None = Field(None, max_length=4000, description="comma-separated tags never to output")
-    replace: str | None = Field(None, max_length=4000, description="renames, `old=new;old2=new2`")
-    drop_implied: bool = Field(False, description="drop tags implied by a more specific one (built-in table)")
-
-    def request_options(self) -> RequestOptions:
-        return RequestOptions(**self.model_dump(exclude={"min_confidence"}))
+from .params import TagQuery
 
 
 class CaptionItem(BaseModel):
@@ -70,6 +42,15 @@ class CaptionItem(BaseModel):
 
 class CaptionRequest(BaseModel):
     items: list[CaptionItem] = Field(..., max_length=256)
+
+
+def _options(params: TagQuery):
+    from ..errors import AnimeTagNetError
+
+    try:
+        return params.tag_options()
+    except AnimeTagNetError as exc:
+        raise ApiError(400, "invalid_parameter", str(exc)) from None
 
 
 def _error_response(exc: ApiError) -> JSONResponse:
@@ -185,7 +166,7 @@ def create_app(
                 "queued": service.batcher.pending, "batching": service.batcher.stats.to_dict()}
 
     # --- tagging ----------------------------------------------------------------
-    async def _one(upload: UploadFile, req: RequestOptions, floor: float | None) -> dict[str, Any]:
+    async def _one(upload: UploadFile, options, floor: float | None) -> dict[str, Any]:
         name = upload.filename or None
         if upload.size is not None and upload.size > limits.max_file_bytes:
             raise ApiError(413, "file_too_large", f"{name}: {upload.size:,} bytes is above the per-file limit of "
@@ -196,7 +177,7 @@ def create_app(
         array = await service.decode(data, name)
         del data
         probs = await service.infer(array)
-        return service.describe(probs, name, req, floor)
+        return service.describe(probs, name, options, floor)
 
     @app.post(
         "/v1/tag", tags=["tagging"], summary="Tag one or more uploaded images",
@@ -206,7 +187,7 @@ def create_app(
     )
     async def tag(
         files: Annotated[list[UploadFile], File(description="image files (repeat the field for several)")],
-        params: Annotated[TagParams, Query()],
+        params: Annotated[TagQuery, Query()],
     ) -> dict:
         """Multipart upload (field `files`, repeatable). Each image gets its rating, tags by category
         with confidences and a caption; with `min_confidence` also `scores` (all tags above it).
@@ -216,10 +197,10 @@ def create_app(
         t0 = time.perf_counter()
         if len(files) > limits.max_files:
             raise ApiError(413, "too_many_files", f"{len(files)} files in one request; the limit is {limits.max_files}")
-        req = params.request_options()
-        service.selector_for(service.options(req)[0])  # bad options fail before any decoding
+        options = _options(params)
+        service.check(options)  # bad options fail before any decoding
         service.requests += 1
-        outcomes = await asyncio.gather(*(_one(f, req, params.min_confidence) for f in files), return_exceptions=True)
+        outcomes = await asyncio.gather(*(_one(f, options, params.min_confidence) for f in files), return_exceptions=True)
         results, errors = [], []
         for f, out in zip(files, outcomes):
             if isinstance(out, ApiError):
@@ -241,11 +222,10 @@ def create_app(
                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     @app.post("/v1/caption", tags=["tagging"], summary="Captions for tag sets already returned by /v1/tag")
-    async def caption(body: CaptionRequest, params: Annotated[TagParams, Query()]) -> dict:
+    async def caption(body: CaptionRequest, params: Annotated[TagQuery, Query()]) -> dict:
         """Formats tags the client already has (e.g. after filtering them with a slider) with the
         same formatting options as /v1/tag; no inference."""
-        req = params.request_options()
-        return {"captions": service.caption([it.model_dump() for it in body.items], req)}
+        return {"captions": service.caption([it.model_dump() for it in body.items], _options(params))}
 
     # --- gallery ----------------------------------------------------------------
     def _gallery():

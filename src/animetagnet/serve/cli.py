@@ -36,12 +36,12 @@ examples:
 
 
 def register(sub) -> None:
-    from ..commands.tag import add_model_options, add_selection_options
+    from ..options import ModelOptions, ThresholdOptions
 
     p = sub.add_parser("serve", help="HTTP service and web page for tagging (and the gallery)",
                        description="Tag uploads over HTTP: a JSON API (reference at /api, OpenAPI at /openapi.json) and a web page at /.",
                        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_options(p)
+    ModelOptions.add_arguments(p, skip=("workers",))  # uploads are decoded by --decode-workers
     g = p.add_argument_group("service")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=int, default=8000)
@@ -68,9 +68,8 @@ def register(sub) -> None:
                    help="keep entries of files that are no longer under DIR")
     p.add_argument("--floor", type=float, default=None,
                    help="store every tag scoring at least this (default 0.1), for confidence searches")
-    add_model_options(p)
-    add_selection_options(p)
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    ModelOptions.add_arguments(p)
+    ThresholdOptions.add_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=run_index)
@@ -109,10 +108,9 @@ def run_serve(args) -> int:
 
     if args.max_wait_ms < 0 or args.max_files < 1 or args.max_upload_mb <= 0 or args.request_timeout <= 0:
         raise UsageError("--max-wait-ms must be >= 0; --max-files, --max-upload-mb and --request-timeout > 0")
-    from ..tagger import Tagger
+    from ..options import ModelOptions
 
-    tagger = Tagger(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                    max_pixels=args.max_pixels)
+    tagger = ModelOptions.from_args(args).load()
     limits = Limits(max_request_bytes=int(args.max_request_mb * MiB), max_file_bytes=int(args.max_upload_mb * MiB),
                     max_files=args.max_files, request_timeout=args.request_timeout)
     app = create_app(tagger, max_wait_ms=args.max_wait_ms, limits=limits, gallery_db=args.gallery,
@@ -130,21 +128,17 @@ def run_serve(args) -> int:
 
 
 def run_index(args) -> int:
-    from ..commands.tag import build_options
     from ..errors import UsageError
+    from ..options import ModelOptions, ThresholdOptions
     from ..progress import Progress
-    from ..tagger import Tagger
     from .gallery import DEFAULT_FLOOR, index_folder
 
     floor = DEFAULT_FLOOR if args.floor is None else args.floor
     if not 0.0 < floor <= 1.0:
         raise UsageError(f"--floor must be in (0, 1], got {floor}")
-    ns = argparse.Namespace(**vars(args), drop_implied=False, implications=None, exclude=None, replace=None,
-                            spaces=False, escape_parens=False, separator=", ", with_confidence=False,
-                            sort="confidence", characters_first=True, include_rating=False, always_first=None)
-    thresholds, _, _ = build_options(ns)
-    tagger = Tagger(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                    max_pixels=args.max_pixels)
+    thresholds = ThresholdOptions.from_args(args)
+    model = ModelOptions.from_args(args)
+    tagger = model.load()
     quiet = args.quiet
     if not quiet:
         print(f"animetagnet: {tagger.describe()}; indexing {args.dir} into {args.db}", file=sys.stderr)
@@ -153,7 +147,7 @@ def run_index(args) -> int:
         return Progress(total, enabled=False if (quiet or args.no_progress) else None, label="indexing")
 
     report = index_folder(args.db, args.dir, tagger, thresholds, floor=floor, recursive=args.recursive,
-                          prune=args.prune, workers=args.workers, progress_factory=progress)
+                          prune=args.prune, workers=model.workers, progress_factory=progress)
     for path, reason in report.errors:
         print(f"animetagnet: skipped {path}: {reason}", file=sys.stderr)
     if not quiet:
