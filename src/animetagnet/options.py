@@ -317,7 +317,7 @@ class FilterOptions(OptionGroup):
 
     exclude: tuple[str, ...] = option((), "comma-separated tags never to output", split=",", metavar="TAGS",
                                       http_limits={"max_length": 4000})
-    replace: tuple[str, ...] = option((), "rename tags, e.g. --replace '1girl=one girl' (several: 'a=b;c=d')",
+    replace: tuple[str, ...] = option((), "rename tags: old=new, e.g. '1girl=one girl' (several: 'a=b;c=d')",
                                       split=";", metavar="OLD=NEW", http_limits={"max_length": 4000})
     drop_implied: bool = option(False, "drop tags implied by a more specific one present (long_hair when "
                                        "very_long_hair is there)")

@@ -25,8 +25,7 @@ def _field(f: OptionField) -> tuple[Any, Any]:
     limits = {k: v for k, v in (("ge", f.spec.ge), ("le", f.spec.le), ("gt", f.spec.gt)) if v is not None}
     limits.update(dict(f.spec.http_limits))
     if f.is_list:
-        what = f"; separated by {f.spec.split!r}" if f.spec.split != "," else ""
-        return str | None, Field(None, description=f.spec.help + what, **limits)
+        return str | None, Field(None, description=f.spec.help, **limits)
     if f.spec.choices is not None:
         annotation: Any = Literal[f.spec.choices]  # type: ignore[valid-type]
     else:

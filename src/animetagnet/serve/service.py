@@ -74,9 +74,11 @@ class TagService:
     """One model per process, shared by every request; see the module docstring."""
 
     def __init__(self, tagger, *, batch_size: int | None = None, max_wait_ms: float = 5.0,
-                 limits: Limits | None = None, decode_workers: int = 2):
+                 limits: Limits | None = None, decode_workers: int = 2, gallery=None):
         self.tagger = tagger
         self.limits = limits or Limits()
+        #: A read-only serve.gallery.Gallery, or None.
+        self.gallery = gallery
         self.batcher = MicroBatcher(tagger.predict, batch_size=batch_size or tagger.batch_size,
                                     max_wait_ms=max_wait_ms, max_queue=self.limits.max_queue)
         self.decode_workers = decode_workers
@@ -133,7 +135,83 @@ class TagService:
         sel = self.selector(ThresholdOptions())
         return {label: round(float(np.median(sel.thresholds[idx])), 4) for label, idx in sel.groups if idx.size}
 
+    # --- what the service reports -------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests, "images": self.images, "failed_images": self.failures,
+                "queued": self.batcher.pending, "batching": self.batcher.stats.to_dict()}
+
+    def model_info(self) -> dict[str, Any]:
+        """The loaded model, its defaults and the service limits (GET /v1/model)."""
+        from .. import __version__
+
+        tagger, limits = self.tagger, self.limits
+        vocab = tagger.vocab
+        cats = {cat.label: int(vocab.indices(cat).size) for cat in vocab.present_categories()}
+        presets = sorted((tagger.bundle.metadata.thresholds.get("presets") or {}).keys())
+        return {
+            "name": tagger.bundle.name,
+            "tags": len(vocab),
+            "categories": cats,
+            "input_size": tagger.input_size,
+            "device": tagger.device.device,
+            "providers": list(tagger.device.providers),
+            "default_thresholds": self.default_thresholds(),
+            "threshold_presets": presets,
+            "default_preset": tagger.bundle.metadata.thresholds.get("default"),
+            "batching": {"batch_size": self.batcher.batch_size, "max_wait_ms": self.batcher.max_wait * 1000},
+            "limits": {"max_request_bytes": limits.max_request_bytes, "max_file_bytes": limits.max_file_bytes,
+                       "max_files": limits.max_files, "max_pixels": tagger.max_pixels,
+                       "request_timeout_s": limits.request_timeout},
+            "gallery": self.gallery is not None,
+            "version": __version__,
+        }
+
     # --- work ---------------------------------------------------------------
+    async def tag_uploads(self, uploads: list, options: TagOptions, min_confidence: float | None) -> list[dict]:
+        """Tag uploaded files (objects with `filename`, `size` and `async read()`), counting them.
+
+        A failed image becomes an item with an `error`; when every image fails, the first
+        failure is raised (with every failure in its details when there were several)."""
+        limits = self.limits
+        if len(uploads) > limits.max_files:
+            raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {limits.max_files}")
+        self.check(options)  # bad options fail before any decoding
+        self.requests += 1
+        outcomes = await asyncio.gather(*(self._tag_upload(u, options, min_confidence) for u in uploads),
+                                        return_exceptions=True)
+        results, errors = [], []
+        for upload, out in zip(uploads, outcomes):
+            if isinstance(out, ApiError):
+                errors.append(out)
+                results.append({"filename": upload.filename or None, **out.to_dict()})
+            elif isinstance(out, BaseException):
+                raise out
+            else:
+                results.append(out)
+        self.images += len(uploads)
+        self.failures += len(errors)
+        if errors and len(errors) == len(uploads):
+            first = errors[0]
+            if len(uploads) > 1:
+                first = ApiError(first.status, first.code, first.message,
+                                 [r["error"] | {"filename": r["filename"]} for r in results])
+            raise first
+        return results
+
+    async def _tag_upload(self, upload, options: TagOptions, min_confidence: float | None) -> dict[str, Any]:
+        name = upload.filename or None
+        max_bytes = self.limits.max_file_bytes
+        if upload.size is not None and upload.size > max_bytes:
+            raise ApiError(413, "file_too_large", f"{name}: {upload.size:,} bytes is above the per-file limit of "
+                                                  f"{max_bytes / 1024 / 1024:g} MiB")
+        data = await upload.read()
+        if len(data) > max_bytes:
+            raise ApiError(413, "file_too_large", f"{name}: above the per-file limit")
+        array = await self.decode(data, name)
+        del data
+        probs = await self.infer(array)
+        return self.describe(probs, name, options, min_confidence)
+
     async def decode(self, data: bytes, filename: str | None) -> np.ndarray:
         """Bytes -> model input, in a decoding thread (never a path: uploads only)."""
         if self._decoder is None:
