@@ -36,25 +36,13 @@ examples:
 
 
 def register(sub) -> None:
-    from ..options import ModelOptions, ThresholdOptions
+    from ..options import ModelOptions, ServeOptions, ThresholdOptions
 
     p = sub.add_parser("serve", help="HTTP service and web page for tagging (and the gallery)",
                        description="Tag uploads over HTTP: a JSON API (reference at /api, OpenAPI at /openapi.json) and a web page at /.",
                        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ModelOptions.add_arguments(p, skip=("workers",))  # uploads are decoded by --decode-workers
-    g = p.add_argument_group("service")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long the first waiting image waits for others to share its batch (default 5)")
-    g.add_argument("--gallery", metavar="DB", default=None, help="serve this gallery database (from `index`) at /gallery")
-    g.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file (default 20 MiB)")
-    g.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body (default 64 MiB)")
-    g.add_argument("--max-files", type=int, default=32, help="most images in one request (default 32)")
-    g.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds an image may wait for the model before the request fails with 503 (default 30)")
-    g.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (default 2)")
-    g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    ServeOptions.add_arguments(p)
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser("index", help="tag a folder into a searchable gallery database (incremental)",
@@ -103,27 +91,22 @@ def run_serve(args) -> int:
     except ImportError:
         raise UsageError("the web service needs the 'serve' extra (uvicorn is missing): "
                          "pip install 'animetagnet[serve]'") from None
+    from ..options import ModelOptions, ServeOptions
     from .app import create_app
-    from .service import MiB, Limits
 
-    if args.max_wait_ms < 0 or args.max_files < 1 or args.max_upload_mb <= 0 or args.request_timeout <= 0:
-        raise UsageError("--max-wait-ms must be >= 0; --max-files, --max-upload-mb and --request-timeout > 0")
-    from ..options import ModelOptions
-
+    opts = ServeOptions.from_args(args)
     tagger = ModelOptions.from_args(args).load()
-    limits = Limits(max_request_bytes=int(args.max_request_mb * MiB), max_file_bytes=int(args.max_upload_mb * MiB),
-                    max_files=args.max_files, request_timeout=args.request_timeout)
-    app = create_app(tagger, max_wait_ms=args.max_wait_ms, limits=limits, gallery_db=args.gallery,
-                     decode_workers=args.decode_workers)
+    app = create_app(tagger, max_wait_ms=opts.max_wait_ms, limits=opts.limits(), gallery_db=opts.gallery,
+                     decode_workers=opts.decode_workers)
     print(f"animetagnet: {tagger.describe()}; micro-batches of up to {tagger.batch_size}, "
-          f"waiting at most {args.max_wait_ms:g} ms", file=sys.stderr)
-    if not _is_loopback(args.host):
-        print(f"animetagnet: warning: listening on {args.host}: the service has no authentication; anyone who can "
+          f"waiting at most {opts.max_wait_ms:g} ms", file=sys.stderr)
+    if not _is_loopback(opts.host):
+        print(f"animetagnet: warning: listening on {opts.host}: the service has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
-    print(f"animetagnet: web page http://{args.host}:{args.port}/ , API reference http://{args.host}:{args.port}/api",
+    print(f"animetagnet: web page http://{opts.host}:{opts.port}/ , API reference http://{opts.host}:{opts.port}/api",
           file=sys.stderr)
     # One process, one model: no uvicorn workers (each would load its own copy of the model).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5)
+    uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level, timeout_keep_alive=5)
     return 0
 
 
