@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import pickle
-import sys
 import warnings
 from typing import Any
 
