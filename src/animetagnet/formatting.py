@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UsageError
+from .options import CaptionOptions
 from .results import TagResult
 
 #: Tags whose underscore is part of the face (from the WD reference tagger): never spaced.
@@ -125,20 +126,13 @@ class TagFilter:
         return TagResult(path=result.path, rating=result.rating, ratings=result.ratings, tags=tags)
 
 
-@dataclass
-class CaptionStyle:
-    spaces: bool = False  # underscores -> spaces (kaomoji kept)
-    escape_parens: bool = False  # ( ) -> \( \) as prompt syntax needs
-    separator: str = ", "
-    with_confidence: bool = False  # (tag:0.93)
-    sort: str = "confidence"  # or "name"
-    characters_first: bool = True
-    include_rating: bool = False
-    always_first: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class CaptionStyle(CaptionOptions):
+    """Caption text from a result; the fields (and their defaults) are CaptionOptions'."""
 
     def __post_init__(self) -> None:
-        if self.sort not in ("confidence", "name"):
-            raise UsageError(f"sort must be 'confidence' or 'name', not {self.sort!r}")
+        super().__post_init__()
+        self.validate()
 
     def format_name(self, name: str) -> str:
         text = name

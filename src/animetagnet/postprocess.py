@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+# The options and their defaults are defined in options.py; re-exported here for callers.
+from .options import (  # noqa: F401
+    DEFAULT_CHARACTER_THRESHOLD,
+    DEFAULT_GENERAL_THRESHOLD,
+    MCUT_CHARACTER_FLOOR,
+    ThresholdOptions,
+)
 from .results import TagResult
 from .vocab import Category, Vocabulary
-
-DEFAULT_GENERAL_THRESHOLD = 0.35
-DEFAULT_CHARACTER_THRESHOLD = 0.85
-#: MCut on character tags keeps a floor, as in the reference taggers.
-MCUT_CHARACTER_FLOOR = 0.15
 
 
 def mcut_threshold(probs: np.ndarray) -> float:
@@ -29,34 +29,6 @@ def mcut_threshold(probs: np.ndarray) -> float:
     gaps = p[:-1] - p[1:]
     i = int(np.argmax(gaps))
     return float((p[i] + p[i + 1]) / 2)
-
-
-def _check_threshold(name: str, value: float | None) -> None:
-    if value is not None and not (0.0 <= value <= 1.0):
-        raise UsageError(f"{name} must be between 0 and 1, got {value}")
-
-
-@dataclass
-class ThresholdOptions:
-    """What the user asked for; None means "the model's metadata, else the default"."""
-
-    general: float | None = None
-    character: float | None = None
-    #: Explicit thresholds for other categories by label ("copyright", "artist", "meta").
-    categories: dict[str, float] = field(default_factory=dict)
-    mcut_general: bool = False
-    mcut_character: bool = False
-    top_k: int | None = None
-    #: Name of a preset in the model's metadata (None: the model's default preset, if any).
-    preset: str | None = None
-
-    def validate(self) -> None:
-        _check_threshold("--general-threshold", self.general)
-        _check_threshold("--character-threshold", self.character)
-        for k, v in self.categories.items():
-            _check_threshold(f"threshold for {k}", v)
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
 
 
 class TagSelector:

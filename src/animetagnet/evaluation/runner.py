@@ -16,6 +16,7 @@ import numpy as np
 
 from ..bundle import MODEL_FILE, ModelBundle, ModelMetadata, resolve_model
 from ..errors import ModelError, UsageError
+from ..options import ModelOptions
 from ..postprocess import MCUT_CHARACTER_FLOOR, TagSelector, ThresholdOptions
 from ..vocab import Category, Vocabulary
 from .dataset import SplitData
@@ -98,18 +99,16 @@ def run_model(
     model_dir: str | Path,
     split: SplitData,
     *,
-    device: str = "auto",
-    threads: int | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
+    options: ModelOptions = ModelOptions(),
     progress: bool = True,
     log=None,
 ) -> EvalData:
+    """Score every image of the split with the bundle at `model_dir`, loaded with `options`
+    (device, threads, batch size, max pixels, exact decoding, workers; its `model` is ignored)."""
     from ..progress import Progress
-    from ..tagger import Tagger
 
     log = log or (lambda msg: print(f"animetagnet: {msg}", file=sys.stderr))
-    tagger = Tagger(model_dir, device=device, threads=threads, batch_size=batch_size)
+    tagger = options.replace(model=str(model_dir)).load()
     mv = tagger.vocab
     ds = split.vocab
     cols = [i for i, t in enumerate(ds) if t.category != Category.RATING]
@@ -147,7 +146,7 @@ def run_model(
     bar = Progress(len(split.records), enabled=None if progress else False, label="evaluating")
     start = time.perf_counter()
     try:
-        for loaded, probs in tagger.iter_probabilities([r.image for r in split.records], workers=workers):
+        for loaded, probs in tagger.iter_probabilities([r.image for r in split.records], workers=options.workers):
             # Paths can repeat in a split; the n-th result for a path is its n-th record.
             n = seen.get(loaded.path, 0)
             seen[loaded.path] = n + 1
