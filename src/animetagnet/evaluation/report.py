@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, json_safe  # noqa: F401 - json_safe for the CLI
 from . import plots
 from .summary import Summary
 
@@ -297,19 +297,6 @@ def render_html(s: Summary, other: Summary | None = None, *, examples: int = 12,
     return "\n".join(out)
 
 
-def json_safe(obj: Any) -> Any:
-    """NaN and infinities become null, numpy scalars plain numbers: metrics.json stays strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
-
-
 def write_report(out_dir: str | Path, s: Summary, other: Summary | None = None, *, examples: int = 12) -> Path:
     """Write report.html and metrics.json (with the other model's under "compared_with") into out_dir."""
     out = Path(out_dir)
@@ -317,6 +304,6 @@ def write_report(out_dir: str | Path, s: Summary, other: Summary | None = None, 
     data = dict(s.result)
     if other is not None:
         data["compared_with"] = other.result
-    atomic_write_text(out / "metrics.json", json.dumps(json_safe(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_json(out / "metrics.json", data)
     atomic_write_text(out / "report.html", render_html(s, other, examples=examples))
     return out / "report.html"
