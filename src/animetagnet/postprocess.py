@@ -17,18 +17,29 @@ from .results import TagResult
 from .vocab import Category, Vocabulary
 
 
-def mcut_threshold(probs: np.ndarray) -> float:
-    """Maximum Cut Thresholding: the midpoint of the largest gap between sorted probabilities.
+def mcut_thresholds(probs: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """Maximum Cut Thresholding per row: the midpoint of the largest gap between sorted probabilities.
 
     Largeron et al. (2012), "MCut: a thresholding strategy for multi-label classification".
-    With fewer than two values there is no gap, and 0.5 is used.
+    Rows of fewer than two values have no gap, and 0.5 is used. `floor` bounds the cut from
+    below (the character floor, `mcut_floor`).
     """
-    p = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
-    if p.size < 2:
-        return 0.5
-    gaps = p[:-1] - p[1:]
-    i = int(np.argmax(gaps))
-    return float((p[i] + p[i + 1]) / 2)
+    p = -np.sort(-np.asarray(probs, dtype=np.float64), axis=1)
+    if p.shape[1] < 2:
+        return np.full(p.shape[0], max(0.5, floor))
+    i = np.argmax(p[:, :-1] - p[:, 1:], axis=1)
+    rows = np.arange(p.shape[0])
+    return np.maximum((p[rows, i] + p[rows, i + 1]) / 2, floor)
+
+
+def mcut_threshold(probs: np.ndarray, floor: float = 0.0) -> float:
+    """`mcut_thresholds` of one probability vector."""
+    return float(mcut_thresholds(np.asarray(probs)[None], floor)[0])
+
+
+def mcut_floor(label: str) -> float:
+    """The lowest MCut cut of a category: MCUT_CHARACTER_FLOOR for characters, none otherwise."""
+    return MCUT_CHARACTER_FLOOR if label == "character" else 0.0
 
 
 class TagSelector:
@@ -92,10 +103,8 @@ class TagSelector:
                 continue
             p = probs[idx]
             thr = self.thresholds[idx]
-            if label == "general" and self.options.mcut_general:
-                thr = np.full_like(thr, mcut_threshold(p))
-            elif label == "character" and self.options.mcut_character:
-                thr = np.full_like(thr, max(MCUT_CHARACTER_FLOOR, mcut_threshold(p)))
+            if (label == "general" and self.options.mcut_general) or (label == "character" and self.options.mcut_character):
+                thr = np.full_like(thr, mcut_threshold(p, mcut_floor(label)))
             keep = np.flatnonzero(p >= thr)
             picked.extend((label, int(idx[k]), float(p[k])) for k in keep)
         if self.options.top_k is not None and len(picked) > self.options.top_k:

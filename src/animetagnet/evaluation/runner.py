@@ -17,10 +17,9 @@ import numpy as np
 from ..bundle import MODEL_FILE, ModelBundle, ModelMetadata, resolve_model
 from ..errors import ModelError, UsageError
 from ..options import ModelOptions
-from ..postprocess import MCUT_CHARACTER_FLOOR, TagSelector, ThresholdOptions
+from ..postprocess import TagSelector, ThresholdOptions, mcut_floor, mcut_threshold
 from ..vocab import Category, Vocabulary
 from .dataset import SplitData
-from .metrics import mcut_thresholds
 
 
 def find_model_dir(model_or_run: str) -> Path:
@@ -127,8 +126,9 @@ def run_model(
     rating_ds = [t.name for t in ds if t.category == Category.RATING]
     rating_model_idx = mv.indices(Category.RATING)
     rating_model = [mv.names[i] for i in rating_model_idx]
-    general_idx = mv.indices(Category.GENERAL)
-    character_idx = mv.indices(Category.CHARACTER)
+    # The categories `animetagnet tag --mcut-general --mcut-character` cuts per image.
+    mcut_groups = {cat.label: mv.indices(cat) for cat in (Category.GENERAL, Category.CHARACTER)}
+    mcut_groups = {label: idx for label, idx in mcut_groups.items() if idx.size}
 
     log(f"{tagger.describe()}; {len(split.records)} images of {split.dataset_dir.name}/{split.split}; "
         f"{int(covered.sum())}/{len(names)} dataset tags in the model")
@@ -138,8 +138,7 @@ def run_model(
 
     rows_scores: list[np.ndarray] = []
     keep: list[int] = []
-    mc_g: list[float] = []
-    mc_c: list[float] = []
+    mc: dict[str, list[float]] = {label: [] for label in mcut_groups}
     r_pred: list[str | None] = []
     failed: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
@@ -159,10 +158,8 @@ def run_model(
             row = np.zeros(len(names), dtype=np.float32)
             row[covered] = probs[model_index[covered]]
             rows_scores.append(row)
-            if general_idx.size:
-                mc_g.append(float(mcut_thresholds(probs[general_idx][None])[0]))
-            if character_idx.size:
-                mc_c.append(max(MCUT_CHARACTER_FLOOR, float(mcut_thresholds(probs[character_idx][None])[0])))
+            for label, idx in mcut_groups.items():
+                mc[label].append(mcut_threshold(probs[idx], mcut_floor(label)))
             if rating_model_idx.size:
                 r_pred.append(rating_model[int(np.argmax(probs[rating_model_idx]))])
             else:
@@ -189,11 +186,7 @@ def run_model(
             elif t in rating_ds and rt is None:
                 rt = t
         rating_true.append(rt)
-    mcut: dict[str, np.ndarray] = {}
-    if mc_g:
-        mcut["general"] = np.array(mc_g)
-    if mc_c:
-        mcut["character"] = np.array(mc_c)
+    mcut = {label: np.array(values) for label, values in mc.items()}
     counts = np.array([ds[i].count for i in cols], dtype=np.int64)
     bundle = ModelBundle.load(model_dir)
     return EvalData(
