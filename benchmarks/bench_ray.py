@@ -90,11 +90,11 @@ def main() -> None:
 
     import ray
 
-    from animetagnet.cli import build_parser
     from animetagnet.cli import main as cli
-    from animetagnet.commands.tag import build_options
-    from animetagnet.distributed.ray_engine import job_from_args
+    from animetagnet.distributed import ray_engine
+    from animetagnet.engine import TagJob
     from animetagnet.inputs import collect_inputs
+    from animetagnet.options import ModelOptions, OutputOptions, TagOptions
     from animetagnet.distributed.shards import read_results
     from modelfactory import build_wd_model
 
@@ -125,10 +125,11 @@ def main() -> None:
                     t = time.perf_counter()
                     if engine == "local":
                         code = cli(base + extra)
-                    else:  # the same path as the CLI, keeping the job summary (first_results_s)
-                        a = build_parser().parse_args(base + extra)
-                        found = collect_inputs([], list_files=a.input_list)
-                        s = job_from_args(a, found, "jsonl", *build_options(a)).run()
+                    else:  # the job the CLI builds, run by the same engine, keeping its summary (first_results_s)
+                        job = TagJob(inputs=collect_inputs([], list_files=[str(lst)]),
+                                     options=TagOptions(model=ModelOptions(model=model)),
+                                     output=OutputOptions(output=str(out)), quiet=True)
+                        s = ray_engine.run(job)
                         code = 1 if s["failed"] else 0
                     wall = time.perf_counter() - t
                     if code != 0:

@@ -236,3 +236,32 @@ def test_wd_v3_vocabulary_against_real_danbooru_posts(tmp_path):
     assert m["vocabulary"]["dataset_tags_not_in_model"] == len(names) - len(in_wd)
     assert m["vocabulary"]["model_tags_not_in_dataset"] == sum(1 for n, c in wd_rows if c != 9) - len(in_wd)
     assert m["headline"]["tags_per_image_true"] == pytest.approx(sum(len(t) for t in posts.values()) / len(posts))
+
+
+def test_max_pixels_is_applied(setup, tmp_path, capsys):
+    """`evaluate --max-pixels` reaches the loader: images above it fail, as in `tag`."""
+    _, ds, model, _ = setup
+    # The dataset's images are 36x30 = 1080 pixels: a limit of 1000 refuses every one of them.
+    rc = main(["evaluate", "--model", str(model), "--data", str(ds), "-q", "--max-pixels", "1000"])
+    assert rc == 2  # no image could be read: a setup error, not an evaluation without the limit
+    assert "could be read" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(model), "--data", str(ds), "-q", "--max-pixels", "1080",
+               "--report", str(tmp_path / "r")])
+    assert rc == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["dataset"]["images"] == 12
+
+
+def test_compare_uses_the_same_preset(setup, tmp_path, capsys):
+    """`evaluate --threshold-preset P --compare OTHER` evaluates both models at their preset P."""
+    _, ds, _, _ = setup
+    meta = {"thresholds": {"default": "strict", "presets": {"strict": {"categories": {"general": 0.99}},
+                                                            "loose": {"categories": {"general": 0.01}}}}}
+    a = build_wd_model(tmp_path / "a", labels=wd_labels(), seed=4, metadata=meta)
+    b = build_wd_model(tmp_path / "b", labels=wd_labels(), seed=5, metadata=meta)
+    capsys.readouterr()
+    rc = main(["evaluate", "--model", str(a), "--data", str(ds), "-q", "--json", "--threshold-preset", "loose",
+               "--compare", str(b)])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "model preset 'loose'" in res["thresholds"]["source"]
+    assert "model preset 'loose'" in res["compared_with"]["thresholds"]["source"]

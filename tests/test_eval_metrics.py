@@ -12,13 +12,11 @@ from animetagnet.evaluation.metrics import (
     crossing,
     example_based,
     f1_at_pr_crossing,
-    mcut_thresholds,
     nice_cut,
     per_tag_average_precision,
     set_metrics,
     sweep,
 )
-from animetagnet.postprocess import mcut_threshold
 
 # 3 images x 4 tags; tag 3 has no positives (excluded from macro averages).
 Y = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)
@@ -154,13 +152,6 @@ def test_best_cut_survives_float32_neighbours():
     t, _, _ = best_cut([1, 0], [a, b])
     assert np.float32(b) < np.float32(t) <= np.float32(a)
     assert nice_cut(0.8, 0.3) == 0.55
-
-
-def test_mcut_rows_match_the_core():
-    rng = np.random.default_rng(5)
-    p = rng.random((8, 12))
-    expected = [mcut_threshold(row) for row in p]
-    assert mcut_thresholds(p).tolist() == pytest.approx(expected)
 
 
 # --- scikit-learn as the independent reference ---------------------------------------------

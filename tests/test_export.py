@@ -12,6 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from animetagnet.images import load_and_preprocess  # noqa: E402
+from animetagnet.postprocess import DEFAULT_CHARACTER_THRESHOLD  # noqa: E402
 from animetagnet.vocab import RATING_NAMES, Category, Tag, Vocabulary, wd_layout_problems  # noqa: E402
 from animetagnet_train import config, export, wdgraph  # noqa: E402
 from animetagnet_train.errors import TrainingError  # noqa: E402
@@ -56,6 +57,30 @@ def test_wd_layout_files(exported):
     assert meta_file["provenance"]["backbone"] == "test_resnet"
     for key in ("map", "macro_f1", "micro_f1"):
         assert 0 <= meta_file["metrics"][key] <= 1
+
+
+def test_characters_without_val_positives_get_the_character_default():
+    """A val split with no character positives: characters keep 0.85, not the general threshold."""
+    vocab = Vocabulary([Tag("smile", Category.GENERAL), Tag("hat", Category.GENERAL), Tag("miku", Category.CHARACTER)])
+    rng = np.random.default_rng(0)
+    targets = np.zeros((30, 3), np.float32)
+    targets[:, :2] = rng.random((30, 2)) < 0.4
+    probs = np.clip(0.3 * rng.random((30, 3)) + 0.5 * targets, 0, 1).astype(np.float32)
+    presets = export.pick_thresholds(probs, targets, vocab)
+    assert set(presets) == {"balanced", "high_precision", "high_recall"}
+    for preset in presets.values():
+        assert "character" not in preset["categories"] and 0 < preset["categories"]["general"] < 0.8
+        th = export.threshold_vector(preset, vocab)
+        assert th[2] == np.float32(DEFAULT_CHARACTER_THRESHOLD)
+        for k, name in enumerate(["smile", "hat"]):  # per-tag values where there is support, else the category's
+            assert th[k] == np.float32(preset["tags"].get(name, preset["categories"]["general"]))
+
+
+def test_export_records_its_calibration_through_the_one_writer(exported):
+    base, meta = exported
+    calib = meta["thresholds"]["calibration"]
+    assert calib["by"] == "animetagnet export" and calib["split"] == "val" and calib["images"] == 12
+    assert json.loads((base / "model" / "animetagnet.json").read_text())["thresholds"] == meta["thresholds"]
 
 
 def test_onnx_contract_dynamic_batch_probabilities_and_parity(exported):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from animetagnet.errors import UsageError
-from animetagnet.postprocess import TagSelector, ThresholdOptions, mcut_threshold
+from animetagnet.postprocess import TagSelector, ThresholdOptions, mcut_threshold, mcut_thresholds
 from animetagnet.vocab import Category, Tag, Vocabulary
 
 
@@ -62,3 +62,17 @@ def test_top_k_keeps_best_across_categories():
 def test_invalid_options(opts):
     with pytest.raises(UsageError):
         TagSelector(vocab(), opts)
+
+
+def test_mcut_rows_match_a_plain_loop_and_keep_the_floor():
+    """The one MCut (tagger and evaluation both use it), against the definition written out by hand."""
+    rng = np.random.default_rng(5)
+    p = rng.random((8, 12))
+    expected = []
+    for row in p:
+        s = sorted(row, reverse=True)
+        k = max(range(len(s) - 1), key=lambda i: s[i] - s[i + 1])
+        expected.append((s[k] + s[k + 1]) / 2)
+    assert mcut_thresholds(p).tolist() == pytest.approx(expected)
+    assert [mcut_threshold(row) for row in p] == pytest.approx(expected)
+    assert mcut_threshold(np.array([0.12, 0.01]), floor=0.15) == 0.15

@@ -71,6 +71,21 @@ def inputs(tmp_path_factory):
 OPTIONS = ["--general-threshold", "0.5", "--exclude", "smile", "--spaces", "--include-rating", "-q"]
 
 
+def _job(model, paths, out, **ray):
+    """The Ray job of `tag --input-list ... OPTIONS --engine ray -o out`, built in Python."""
+    from animetagnet.engine import TagJob
+    from animetagnet.inputs import collect_inputs
+    from animetagnet.options import (CaptionOptions, FilterOptions, ModelOptions, OutputOptions, RayOptions,
+                                     TagOptions, ThresholdOptions)
+
+    options = TagOptions(model=ModelOptions(model=model), thresholds=ThresholdOptions(general=0.5),
+                         filters=FilterOptions(exclude=("smile",)),
+                         caption=CaptionOptions(spaces=True, include_rating=True))
+    resume = ray.pop("resume", False)
+    return TagJob(inputs=collect_inputs([], list_files=[paths]), options=options,
+                  output=OutputOptions(output=str(out), resume=resume), ray=RayOptions(**ray), quiet=True)
+
+
 def _local(model, inputs, *extra):
     return main(["tag", "--input-list", inputs["list"], "--model", model, *OPTIONS, *extra])
 
@@ -104,21 +119,13 @@ def test_same_records_and_captions_as_local_engine(ray_cluster, model, inputs, t
 
 
 def test_killed_replica_loses_no_results(ray_cluster, model, inputs, tmp_path):
-    from animetagnet.commands.tag import build_options
-    from animetagnet.cli import build_parser
-    from animetagnet.distributed.ray_engine import job_from_args
-    from animetagnet.inputs import collect_inputs
+    from animetagnet.distributed.ray_engine import run
 
     flag = ray_cluster["flag"]
     Path(str(flag) + ".armed").write_text("")
-    args = build_parser().parse_args(["tag", "--input-list", inputs["list"], "--model", model, *OPTIONS,
-                                      "--engine", "ray", "--replicas", "2", "--cpus-per-replica", "1",
-                                      "--ray-batch", "4", "--shard-rows", "5", "-o", str(tmp_path / "out")])
-    found = collect_inputs([], list_files=args.input_list)
-    job = job_from_args(args, found, "jsonl", *build_options(args))
-    job.replica_cls = CrashOnceReplica
+    job = _job(model, inputs["list"], tmp_path / "out", replicas=2, cpus_per_replica=1, ray_batch=4, shard_rows=5)
     try:
-        summary = job.run()
+        summary = run(job, replica_cls=CrashOnceReplica)
     finally:
         os.unlink(str(flag) + ".armed")
     fired = Path(str(flag) + ".fired")
@@ -157,14 +164,15 @@ def test_killed_run_restarts_where_it_stopped(ray_cluster, model, tmp_path):
     assert 0 < len(committed) < len(paths)
     # Without --resume the tool refuses to touch the earlier results.
     assert main(common) == 2
-    from animetagnet.cli import build_parser
-    from animetagnet.commands.tag import build_options
-    from animetagnet.distributed.ray_engine import job_from_args
+    from animetagnet.distributed.ray_engine import run
+    from animetagnet.engine import TagJob
     from animetagnet.inputs import collect_inputs
+    from animetagnet.options import ModelOptions, OutputOptions, RayOptions, TagOptions
 
-    args = build_parser().parse_args(common + ["--resume"])
-    job = job_from_args(args, collect_inputs([], list_files=args.input_list), "jsonl", *build_options(args))
-    summary = job.run()
+    job = TagJob(inputs=collect_inputs([], list_files=[str(lst)]), options=TagOptions(model=ModelOptions(model=model)),
+                 output=OutputOptions(output=str(out), resume=True),
+                 ray=RayOptions(replicas=1, cpus_per_replica=1, ray_batch=5, shard_rows=20), quiet=True)
+    summary = run(job)
     assert summary["skipped_done"] == len(committed)
     assert summary["images"] == len(paths) - len(committed)
     final = _by_path(read_results(str(out)))

@@ -145,6 +145,7 @@ def test_replica_tags_like_the_local_tagger_urls_included(tmp_path):
     from PIL import Image
 
     from animetagnet.formatting import TagFilter
+    from animetagnet.options import ModelOptions
     from animetagnet.postprocess import ThresholdOptions
     from animetagnet.distributed.replica import TaggerReplica
     from animetagnet.tagger import Tagger
@@ -155,7 +156,7 @@ def test_replica_tags_like_the_local_tagger_urls_included(tmp_path):
     url = "file://" + str(tmp_path / "1.png")
     paths = [str(tmp_path / "0.png"), url, "file://" + str(tmp_path / "gone.png"), str(tmp_path / "gone.png")]
     flt = TagFilter(exclude={"smile"})
-    replica = TaggerReplica({"model": model, "device": "cpu"}, ThresholdOptions(), flt)
+    replica = TaggerReplica(ModelOptions(model=model, device="cpu"), ThresholdOptions(), flt)
     out = replica({"path": np.array(paths, dtype=object)})
     got = [pickle.loads(b) for b in out["result"]]
     assert [r.path for r in got] == paths
@@ -206,24 +207,30 @@ class _FakeRay:
     ({"CPU": 8.0}, {"replicas": 3, "cpus_per_replica": 1}, {"replicas": 3, "cpus": 1.0, "threads": 1}),
 ])
 def test_replica_plan(resources, options, expected):
-    from animetagnet.distributed.ray_engine import RayTagJob
+    from animetagnet.distributed.ray_engine import plan as make_plan
+    from animetagnet.engine import TagJob
+    from animetagnet.inputs import InputSet
+    from animetagnet.options import ModelOptions, RayOptions, TagOptions
 
     device = options.pop("device", "auto")
-    job = RayTagJob(paths=[], tagger_kwargs={"model": "m", "device": device, "threads": None},
-                    thresholds=None, tag_filter=None, **options)
-    plan = job.plan(_FakeRay(resources), n=10_000)
+    job = TagJob(inputs=InputSet(), options=TagOptions(model=ModelOptions(model="m", device=device)),
+                 ray=RayOptions(**options))
+    plan = make_plan(job, _FakeRay(resources), n=10_000)
     got = {"replicas": plan["replicas"], "cpus": plan["cpus"], "gpus": plan["gpus"],
-           "device": plan["tagger_kwargs"]["device"], "threads": plan["tagger_kwargs"]["threads"]}
+           "device": plan["model"].device, "threads": plan["model"].threads}
     assert {k: got[k] for k in expected} == expected
     assert plan["batch"] == min(256, -(-10_000 // (plan["replicas"] * 4)))
 
 
 def test_replica_plan_refuses_what_the_cluster_lacks():
-    from animetagnet.distributed.ray_engine import RayTagJob
+    from animetagnet.distributed.ray_engine import plan
+    from animetagnet.engine import TagJob
+    from animetagnet.inputs import InputSet
+    from animetagnet.options import RayOptions
 
-    job = RayTagJob(paths=[], tagger_kwargs={"device": "auto"}, thresholds=None, tag_filter=None, gpus_per_replica=1)
+    job = TagJob(inputs=InputSet(), ray=RayOptions(gpus_per_replica=1))
     with pytest.raises(UsageError, match="has 0 GPUs"):
-        job.plan(_FakeRay({"CPU": 4.0}), n=10)
-    job = RayTagJob(paths=[], tagger_kwargs={"device": "auto"}, thresholds=None, tag_filter=None, cpus_per_replica=8)
+        plan(job, _FakeRay({"CPU": 4.0}), n=10)
+    job = TagJob(inputs=InputSet(), ray=RayOptions(cpus_per_replica=8))
     with pytest.raises(UsageError, match="has 4 CPUs"):
-        job.plan(_FakeRay({"CPU": 4.0}), n=10)
+        plan(job, _FakeRay({"CPU": 4.0}), n=10)

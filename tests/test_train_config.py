@@ -48,3 +48,27 @@ def test_bad_override_and_choice():
         config.load(None, ["loss.name=hinge"])
     with pytest.raises(UsageError, match="section.key=value"):
         config.load(None, ["optim.lr"])
+
+
+def test_errors_are_one_line_naming_the_key(tmp_path):
+    cases = {
+        "optim.learning_rate=1": "config optim: unknown key(s) learning_rate; valid keys: betas,",
+        "optim.lr=true": "config optim.lr:",  # a boolean is not a number
+        "train.epochs='3'": "config train.epochs:",  # no silent coercion of strings
+        "data.augment.resample=[bicubic, fancy]": "config data.augment.resample[1]:",
+        "data.augment.crop_scale=[0.9, 0.5]": "crop_scale must be [min, max]",
+        "model.mean=[1, 2]": "config model.mean:",
+        "model.image_size=8": "config model.image_size:",
+    }
+    for override, says in cases.items():
+        with pytest.raises(UsageError) as exc:
+            config.load(None, [override])
+        assert says in str(exc.value) and "\n" not in str(exc.value), override
+
+
+def test_empty_sections_and_yaml_floats(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("model:\noptim:\n  lr: 1e-3\n  betas: [0.9, 1]\n")  # YAML 1.1 reads 1e-3 as a string
+    cfg = config.load(p)
+    assert cfg.model == config.ModelConfig() and cfg.optim.lr == 1e-3 and cfg.optim.betas == [0.9, 1.0]
+    assert config.RunConfig().model.mean is not config.RunConfig().model.mean  # defaults are never shared

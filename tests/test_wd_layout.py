@@ -107,7 +107,7 @@ def test_sort_model_follows_the_label_file():
     style.use_label_order(names)
     r = TagResult(tags={"general": {"smile": 0.9, "1girl": 0.5, "solo": 0.99}, "character": {"hatsune_miku": 0.95}})
     assert style.caption(r) == "1girl, smile, solo, hatsune_miku"  # label rows 4, 7, 10, 11
-    style.characters_first = True
+    style = CaptionStyle(sort="model").use_label_order(names)
     assert style.caption(r) == "hatsune_miku, 1girl, smile, solo"
 
 

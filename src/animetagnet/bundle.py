@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import hub
 from .errors import ModelError
 from .vocab import Vocabulary, wd_layout_problems
 
@@ -28,8 +28,8 @@ METADATA_FILE = "animetagnet.json"
 #: on a 2-core CPU); ViT is as fast but less accurate (0.440). See README.
 DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HUB_FILES = [MODEL_FILE, LABELS_FILE, METADATA_FILE, "config.json", "README.md"]
+#: Beside the two WD files, what a Hub model repo may carry that we read or show.
+_HUB_OPTIONAL = [METADATA_FILE, "config.json", "README.md"]
 
 
 @dataclass
@@ -143,7 +143,7 @@ def _warn_layout(labels: Path, vocab: Vocabulary) -> None:
 
 
 def looks_like_hub_id(text: str) -> bool:
-    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/"))
+    return hub.looks_like_repo_id(text)
 
 
 def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = None) -> Path:
@@ -162,23 +162,5 @@ def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = No
 
 
 def download_from_hub(repo_id: str, *, cache_dir: str | None = None) -> Path:
-    """Fetch a WD-layout repo into the standard HF cache once; later calls use the cache."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ModelError(
-            f"{repo_id!r} looks like a Hugging Face repo id, but huggingface_hub is not installed: "
-            "pip install 'animetagnet[hub]', or download the model and pass its directory to --model"
-        ) from None
-    try:  # the cache first: no network when the model is already here
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, cache_dir=cache_dir, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any cache miss falls through to a download
-        pass
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, cache_dir=cache_dir))
-    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all end here
-        raise ModelError(
-            f"could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-            "If this machine is offline, download the repository elsewhere (model.onnx and "
-            "selected_tags.csv) and pass its directory: --model /path/to/model-dir"
-        ) from None
+    """A WD-layout repo from the HF cache, downloaded once when the cache lacks model.onnx or its labels."""
+    return hub.fetch(repo_id, [MODEL_FILE, LABELS_FILE], _HUB_OPTIONAL, cache_dir=cache_dir)

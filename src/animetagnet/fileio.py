@@ -1,10 +1,14 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one."""
+"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one; strict JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def _current_umask() -> int:
@@ -43,3 +47,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities become null, numpy scalars plain numbers: what we write stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """`obj` through json_safe, indented, UTF-8, written atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UsageError
+from .options import CaptionOptions
 from .results import TagResult
 
 #: Tags whose underscore is part of the face (from the WD reference tagger): never spaced.
@@ -125,38 +126,28 @@ class TagFilter:
         return TagResult(path=result.path, rating=result.rating, ratings=result.ratings, tags=tags)
 
 
-#: Caption orders: best first, alphabetical, or the model's label-file order.
-SORT_ORDERS = ("confidence", "name", "model")
-
-
-@dataclass
-class CaptionStyle:
-    spaces: bool = False  # underscores -> spaces (kaomoji kept)
-    escape_parens: bool = False  # ( ) -> \( \) as prompt syntax needs
-    separator: str = ", "
-    with_confidence: bool = False  # (tag:0.93)
-    sort: str = "confidence"  # or "name", or "model" (label-file order, as kohya writes captions)
-    characters_first: bool = True
-    include_rating: bool = False
-    always_first: list[str] = field(default_factory=list)
-    #: name -> label-file row, for sort="model"; set by `use_label_order` once the model is loaded.
-    label_order: dict[str, int] = field(default_factory=dict, repr=False)
+@dataclass(frozen=True)
+class CaptionStyle(CaptionOptions):
+    """Caption text from a result; the fields (and their defaults) are CaptionOptions'."""
 
     def __post_init__(self) -> None:
-        if self.sort not in SORT_ORDERS:
-            raise UsageError(f"sort must be one of {', '.join(SORT_ORDERS)}, not {self.sort!r}")
+        super().__post_init__()
+        self.validate()
 
-    def use_label_order(self, names: list[str]) -> None:
-        """The model's label-file order (row i = output i), which sort="model" follows."""
-        self.label_order = {n: i for i, n in reversed(list(enumerate(names)))}
+    def use_label_order(self, names: list[str]) -> "CaptionStyle":
+        """The model's label-file order (row i = output i), which sort="model" follows (set once)."""
+        if self.sort == "model" and not hasattr(self, "_label_order"):
+            object.__setattr__(self, "_label_order", {n: i for i, n in reversed(list(enumerate(names)))})
+        return self
 
     def sort_key(self, item: tuple[str, float]):
         """Key for (name, confidence) pairs in this style's order."""
         if self.sort == "confidence":
             return (-item[1], item[0])
         if self.sort == "model":
+            order = getattr(self, "_label_order", {})
             # Renamed tags (--replace) are not in the label file: they go after, by name.
-            return (self.label_order.get(item[0], len(self.label_order)), item[0])
+            return (order.get(item[0], len(order)), item[0])
         return (item[0],)
 
     def format_name(self, name: str) -> str:

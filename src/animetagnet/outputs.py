@@ -16,10 +16,9 @@ from typing import IO
 from .errors import UsageError
 from .fileio import atomic_write_text
 from .formatting import CaptionStyle, merge_caption
+from .options import FORMATS, ON_EXISTING  # noqa: F401 - defined with the options that pick them
 from .results import TagResult
 
-FORMATS = ("table", "json", "jsonl", "csv", "txt")
-ON_EXISTING = ("skip", "append", "prepend", "overwrite")
 CSV_COLUMNS = ("path", "rating", "rating_confidence", "character", "general", "other", "error")
 
 

@@ -2,61 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+# The options and their defaults are defined in options.py; re-exported here for callers.
+from .options import (  # noqa: F401
+    DEFAULT_CHARACTER_THRESHOLD,
+    DEFAULT_GENERAL_THRESHOLD,
+    MCUT_CHARACTER_FLOOR,
+    ThresholdOptions,
+)
 from .results import TagResult
 from .vocab import Category, Vocabulary
 
-DEFAULT_GENERAL_THRESHOLD = 0.35
-DEFAULT_CHARACTER_THRESHOLD = 0.85
-#: MCut on character tags keeps a floor, as in the reference taggers.
-MCUT_CHARACTER_FLOOR = 0.15
 
-
-def mcut_threshold(probs: np.ndarray) -> float:
-    """Maximum Cut Thresholding: the midpoint of the largest gap between sorted probabilities.
+def mcut_thresholds(probs: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """Maximum Cut Thresholding per row: the midpoint of the largest gap between sorted probabilities.
 
     Largeron et al. (2012), "MCut: a thresholding strategy for multi-label classification".
-    With fewer than two values there is no gap, and 0.5 is used.
+    Rows of fewer than two values have no gap, and 0.5 is used. `floor` bounds the cut from
+    below (the character floor, `mcut_floor`).
     """
-    p = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
-    if p.size < 2:
-        return 0.5
-    gaps = p[:-1] - p[1:]
-    i = int(np.argmax(gaps))
-    return float((p[i] + p[i + 1]) / 2)
+    p = -np.sort(-np.asarray(probs, dtype=np.float64), axis=1)
+    if p.shape[1] < 2:
+        return np.full(p.shape[0], max(0.5, floor))
+    i = np.argmax(p[:, :-1] - p[:, 1:], axis=1)
+    rows = np.arange(p.shape[0])
+    return np.maximum((p[rows, i] + p[rows, i + 1]) / 2, floor)
 
 
-def _check_threshold(name: str, value: float | None) -> None:
-    if value is not None and not (0.0 <= value <= 1.0):
-        raise UsageError(f"{name} must be between 0 and 1, got {value}")
+def mcut_threshold(probs: np.ndarray, floor: float = 0.0) -> float:
+    """`mcut_thresholds` of one probability vector."""
+    return float(mcut_thresholds(np.asarray(probs)[None], floor)[0])
 
 
-@dataclass
-class ThresholdOptions:
-    """What the user asked for; None means "the model's metadata, else the default"."""
-
-    general: float | None = None
-    character: float | None = None
-    #: Explicit thresholds for other categories by label ("copyright", "artist", "meta").
-    categories: dict[str, float] = field(default_factory=dict)
-    mcut_general: bool = False
-    mcut_character: bool = False
-    top_k: int | None = None
-    #: Name of a preset in the model's metadata (None: the model's default preset, if any).
-    preset: str | None = None
-
-    def validate(self) -> None:
-        _check_threshold("--general-threshold", self.general)
-        _check_threshold("--character-threshold", self.character)
-        for k, v in self.categories.items():
-            _check_threshold(f"threshold for {k}", v)
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+def mcut_floor(label: str) -> float:
+    """The lowest MCut cut of a category: MCUT_CHARACTER_FLOOR for characters, none otherwise."""
+    return MCUT_CHARACTER_FLOOR if label == "character" else 0.0
 
 
 class TagSelector:
@@ -122,10 +105,8 @@ class TagSelector:
                 continue
             p = probs[idx]
             thr = self.thresholds[idx]
-            if label == "general" and self.options.mcut_general:
-                thr = np.full_like(thr, mcut_threshold(p))
-            elif label == "character" and self.options.mcut_character:
-                thr = np.full_like(thr, max(MCUT_CHARACTER_FLOOR, mcut_threshold(p)))
+            if (label == "general" and self.options.mcut_general) or (label == "character" and self.options.mcut_character):
+                thr = np.full_like(thr, mcut_threshold(p, mcut_floor(label)))
             keep = np.flatnonzero(p >= thr)
             picked.extend((label, int(idx[k]), float(p[k])) for k in keep)
         if self.options.top_k is not None and len(picked) > self.options.top_k:

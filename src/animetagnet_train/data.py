@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from animetagnet.datasets.load import iter_split
-from animetagnet.errors import ImageError, ModelError
+from animetagnet.datasets.load import DatasetDirectory, DatasetError
+from animetagnet.datasets.load import open_dataset as open_dataset_dir
+from animetagnet.errors import ImageError
 from animetagnet.images import load_image, preprocess
 from animetagnet.vocab import Vocabulary
 
@@ -53,10 +54,11 @@ class DatasetDir:
         return counts
 
 
-def _read_split(root: Path, name: str, vocab: Vocabulary) -> Split:
-    """One split's records through the datasets package's reader (one parser of split files)."""
+def _read_split(ds: DatasetDirectory, name: str) -> Split:
+    """One split's records as tag indices, through the core's reader (one parser of split files)."""
+    root, vocab = ds.root, ds.vocab
     ids, paths, labels = [], [], []
-    for example in iter_split(root, name):
+    for example in ds.iter_split(name):
         idx = []
         for t in example.tags:
             i = vocab.get_index(t)
@@ -70,28 +72,17 @@ def _read_split(root: Path, name: str, vocab: Vocabulary) -> Split:
 
 
 def open_dataset(root: str | Path) -> DatasetDir:
-    """Read a dataset directory (docs/formats.md); clear errors when it is not one."""
-    root = Path(root)
-    if not root.is_dir():
-        raise TrainingError(f"dataset directory not found: {root}")
-    labels = root / "selected_tags.csv"
-    if not labels.is_file():
-        raise TrainingError(
-            f"{root} is not a dataset directory: selected_tags.csv is missing "
-            "(create one with `animetagnet prepare`)"
-        )
-    if not (root / "train.jsonl").is_file():
-        raise TrainingError(f"{root} is not a dataset directory: train.jsonl is missing")
+    """Read a dataset directory (docs/formats.md) through the core's one validator.
+
+    Its DatasetError becomes a TrainingError with the same message: everything that stops
+    a run is a TrainingError.
+    """
     try:
-        vocab = Vocabulary.read_csv(labels)
-    except ModelError as exc:
+        ds = open_dataset_dir(root, require=("train",))
+        splits = {name: _read_split(ds, name) for name in ds.splits}
+    except DatasetError as exc:
         raise TrainingError(str(exc)) from None
-    if vocab.duplicates():
-        raise TrainingError(f"{labels}: duplicate tags {vocab.duplicates()[:5]}")
-    splits = {}
-    for name in ("train", "val", "test"):
-        if (root / f"{name}.jsonl").is_file():
-            splits[name] = _read_split(root, name, vocab)
+    root, vocab = ds.root, ds.vocab
     if not splits["train"].paths:
         raise TrainingError(f"{root}/train.jsonl has no records")
     return DatasetDir(root, vocab, splits)

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from animetagnet.errors import ImageError
+from animetagnet.evaluation import calibration
 from animetagnet.fileio import atomic_write_bytes, atomic_write_text
 from animetagnet.images import load_and_preprocess
+from animetagnet.postprocess import TagSelector
 from animetagnet.vocab import Category, Vocabulary, extra_category_warning
 
 from . import checkpoint, config as config_mod, data, metrics
@@ -30,19 +32,6 @@ from .errors import TrainingError
 #: ONNX/torch parity bound on probabilities; float32 reorderings stay orders of magnitude below it.
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME = "input", wdgraph.OUTPUT_NAME, wdgraph.EMBEDDING_NAME
-#: Threshold presets: the F-beta each one maximises per category on the validation split.
-PRESET_BETAS = {"balanced": 1.0, "high_precision": 0.5, "high_recall": 2.0}
-
-
-def _json_safe(obj):
-    """NaN (e.g. a metric on a split without positives) becomes null: strict JSON for every reader."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def load_run(run_dir: Path, weights: str = "best"):
@@ -116,28 +105,19 @@ def targets_of(split: data.Split, n_tags: int, offset: int = 0) -> np.ndarray:
 
 
 def pick_thresholds(probs: np.ndarray, targets: np.ndarray, vocab: Vocabulary) -> dict:
-    """Per category, the global threshold maximising macro F-beta on validation (one per preset)."""
-    presets = {}
-    for preset, beta in PRESET_BETAS.items():
-        cats = {}
-        for cat in vocab.present_categories():
-            if cat == Category.RATING:
-                continue  # rating is an argmax, never thresholded
-            idx = vocab.indices(cat)
-            if targets[:, idx].sum() == 0:
-                continue
-            t, _ = metrics.best_threshold(probs[:, idx], targets[:, idx], beta=beta)
-            cats[cat.label] = t
-        presets[preset] = {"categories": cats, "tags": {}}
-    return {"default": "balanced", "presets": presets}
+    """The F-beta presets of `evaluate --calibrate` (calibration.calibrate, the one picker) on validation.
+
+    A preset always exists: a category (or a whole split) without positives gets no value and
+    so keeps the tagger's default for it (0.85 for characters, 0.35 for the rest).
+    """
+    covered = vocab.categories != int(Category.RATING)  # rating is an argmax, never thresholded
+    found = calibration.calibrate(targets.astype(bool), probs, vocab.names, vocab.categories, covered)
+    return {name: found.get(name, {"categories": {}, "tags": {}}) for name in calibration.FBETA_PRESETS}
 
 
 def threshold_vector(preset: dict, vocab: Vocabulary) -> np.ndarray:
-    th = np.full(len(vocab), 0.35, dtype=np.float32)
-    for i, tag in enumerate(vocab):
-        default = 0.85 if tag.category == Category.CHARACTER else 0.35
-        th[i] = preset["categories"].get(tag.category.label, preset["categories"].get("general", default))
-    return th
+    """Per output, the threshold `animetagnet tag` applies with `preset` (the TagSelector's resolution)."""
+    return TagSelector(vocab, preset=preset).thresholds
 
 
 def split_metrics(probs: np.ndarray, targets: np.ndarray, th: np.ndarray) -> dict:
@@ -248,7 +228,9 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
     lines += [f"- {k}: {v}" for k, v in prov.items() if k != "config"]
     lines += ["", "## Thresholds (picked on the validation split)", ""]
     for name, p in meta["thresholds"]["presets"].items():
-        lines.append(f"- {name}: " + ", ".join(f"{c} {t:.2f}" for c, t in p["categories"].items()))
+        cats = ", ".join(f"{c} {t:.2f}" for c, t in p["categories"].items()) or "the tagger's defaults"
+        lines.append(f"- {name}: {cats}" + (f"; own thresholds for {len(p['tags'])} tags" if p["tags"] else ""))
+    lines.append("- categories not listed use the tagger's defaults (general 0.35, character 0.85)")
     lines += ["", "## Evaluation", "",
               "macro/micro F1 at the balanced thresholds (and at 0.5), mAP = mean over tags of average precision, "
               "top-1 = the highest-scoring tag is a true tag.", "",
@@ -353,8 +335,11 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         imgs = load_images(sp.paths[:n], size)
         probs_by_split[split_name] = (run_onnx(sess, imgs), targets_of(sp, len(vocab), offset)[:n], imgs)
     vp, vt, vimgs = probs_by_split["val"]
-    thresholds = pick_thresholds(vp, vt, vocab)
-    th = threshold_vector(thresholds["presets"]["balanced"], vocab)
+    presets = pick_thresholds(vp, vt, vocab)
+    thresholds = calibration.thresholds_entry(presets, info={
+        "by": "animetagnet export", "split": "val", "images": int(len(vp)),
+        "min_support": calibration.DEFAULT_MIN_SUPPORT})
+    th = threshold_vector(presets["balanced"], vocab)
     for split_name, (p, t, _) in probs_by_split.items():
         evals[split_name] = split_metrics(p, t, th)
         m = evals[split_name]
@@ -399,7 +384,7 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         meta["int8"] = export_int8(onnx_path, out_dir / "model_int8.onnx", vimgs, vp, vt, th, evals["val"], log)
 
     vocab.write_csv(out_dir / "selected_tags.csv")  # counts from the dataset's training split
-    atomic_write_text(out_dir / "animetagnet.json", json.dumps(_json_safe(meta), indent=2, allow_nan=False) + "\n")
+    calibration.write_metadata(out_dir, meta)
     atomic_write_text(out_dir / "README.md", model_card(meta, vocab))
     if comfyui_dir is not None:
         for path in comfyui_copy(out_dir, Path(comfyui_dir), out_dir.resolve().name, force):

@@ -1,14 +1,14 @@
 """Validation metrics during training, built on the evaluation package's definitions (one set of formulas).
 
-`evaluate` is the per-epoch summary (macro/micro F1 at a threshold, mAP, top-1); `best_threshold`
-picks one global threshold on a grid for the export's category defaults.
+`evaluate` is the per-epoch summary (macro/micro F1 at a threshold, mAP, top-1). Thresholds are
+picked by `animetagnet.evaluation.calibration` (export uses it too).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from animetagnet.evaluation.metrics import confusion_counts, fbeta, per_tag_average_precision, prf
+from animetagnet.evaluation.metrics import confusion_counts, per_tag_average_precision, prf
 
 
 def evaluate(probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray = 0.5) -> dict:
@@ -31,18 +31,3 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarr
         "images": int(len(probs)),
     }
 
-
-def best_threshold(probs: np.ndarray, targets: np.ndarray, beta: float = 1.0, grid=None) -> tuple[float, float]:
-    """The single threshold maximising macro F-beta over `probs`' columns (tags with positives)."""
-    grid = np.round(np.arange(0.05, 0.96, 0.01), 2) if grid is None else grid
-    targets = targets.astype(bool)
-    keep = targets.sum(0) > 0
-    if not keep.any():
-        return 0.5, float("nan")
-    probs, targets = probs[:, keep], targets[:, keep]
-    best = (0.5, -1.0)
-    for t in grid:
-        score = float(np.mean(fbeta(*confusion_counts(targets, probs >= t), beta=beta)))
-        if score > best[1] + 1e-12:
-            best = (float(t), score)
-    return best

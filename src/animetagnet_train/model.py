@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from animetagnet import hub
 from animetagnet.vocab import Vocabulary
 
 from .config import ModelConfig
@@ -116,13 +117,8 @@ def _hub_or_path(ref: str) -> Path:
     p = Path(ref).expanduser()
     if p.exists():
         return p
-    if "/" in ref and not ref.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(ref, allow_patterns=["model.safetensors", "config.json", "selected_tags.csv"]))
-        except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
-            raise TrainingError(f"cannot download {ref!r} from the Hugging Face Hub: {exc}") from None
+    if hub.looks_like_repo_id(ref):  # a timm/WD checkpoint repo: the core's one Hub helper
+        return hub.fetch(ref, ["model.safetensors"], ["config.json", "selected_tags.csv"])
     raise TrainingError(f"model.init_from: {ref} not found")
 
 

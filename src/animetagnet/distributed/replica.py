@@ -7,21 +7,21 @@ import pickle
 import tempfile
 from typing import Any
 
+from ..formatting import TagFilter
+from ..options import ModelOptions, ThresholdOptions
 from ..results import TagResult
 
 
 class TaggerReplica:
     """One model replica: a Ray Data callable class holding one Tagger, created once per actor."""
 
-    def __init__(self, tagger_kwargs: dict[str, Any], thresholds, tag_filter, workers: int | None = None):
+    def __init__(self, model: ModelOptions, thresholds: ThresholdOptions, tag_filter: TagFilter):
         import socket
 
-        from ..tagger import Tagger
-
-        self.tagger = Tagger(**tagger_kwargs)
+        self.tagger = model.load()
         self.thresholds = thresholds
         self.tag_filter = tag_filter
-        self.workers = workers
+        self.workers = model.workers
         self.name = f"{socket.gethostname()}:{os.getpid()} {self.tagger.device}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:

@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
+from ..options import SHARD_FORMATS  # noqa: F401 - defined with the option that picks one
 
 SHARD_PREFIX = "part-"
-SHARD_FORMATS = ("parquet", "jsonl")
 
 
 def _schema():

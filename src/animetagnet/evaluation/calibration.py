@@ -1,5 +1,8 @@
 """Threshold calibration on a validation split (global, per category, per tag with fallback, F-beta presets), written into animetagnet.json.
 
+The one threshold picker (`calibrate`: `evaluate --calibrate` and `export` both use it) and the
+one writer of `animetagnet.json` (`write_metadata`, and `update_metadata` on top of it).
+
 Every threshold is an exact optimum over the split's score values (see `metrics.best_cut`),
 written as the midpoint between the lowest accepted score and the next one below it.
 The presets have exactly the shape `postprocess.TagSelector` reads:
@@ -9,6 +12,7 @@ The presets have exactly the shape `postprocess.TagSelector` reads:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import numpy as np
 
 from ..bundle import METADATA_FILE, ModelMetadata
 from ..errors import ModelError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json
 from ..vocab import Category
 from .metrics import best_cut, best_cuts
 
@@ -87,6 +91,14 @@ def calibrate(
     return presets
 
 
+def write_metadata(model_dir: str | Path, data: Mapping[str, Any]) -> Path:
+    """THE writer of MODEL_DIR/animetagnet.json: validated, strict JSON (NaN -> null), atomic."""
+    path = Path(model_dir) / METADATA_FILE
+    ModelMetadata.from_dict(dict(data), str(path))  # never write a file the tagger would refuse
+    atomic_write_json(path, dict(data))
+    return path
+
+
 def update_metadata(model_dir: str | Path, change) -> Path:
     """Read MODEL_DIR/animetagnet.json (or start one), apply `change(data)`, validate, write atomically.
 
@@ -102,9 +114,29 @@ def update_metadata(model_dir: str | Path, change) -> Path:
         if not isinstance(data, dict):
             raise ModelError(f"{path}: expected a JSON object, not overwriting it")
     change(data)
-    ModelMetadata.from_dict(data, str(path))  # never write a file the tagger would refuse
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return path
+    return write_metadata(model_dir, data)
+
+
+def thresholds_entry(
+    presets: dict[str, dict[str, Any]],
+    *,
+    default: str = DEFAULT_PRESET,
+    info: dict[str, Any] | None = None,
+    existing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `thresholds` value of animetagnet.json: `existing` presets kept unless replaced, the default, provenance."""
+    if default not in presets:
+        raise ModelError(f"calibration produced no {default!r} preset (no positives in the calibration split?)")
+    thresholds = dict(existing or {})
+    merged = dict(thresholds.get("presets") or {})
+    merged.update(presets)
+    thresholds["presets"] = merged
+    thresholds["default"] = default
+    calib = dict(info or {})
+    calib.setdefault("created", _now())
+    calib["presets"] = {k: PRESET_DESCRIPTIONS.get(k, "") for k in presets}
+    thresholds["calibration"] = calib
+    return thresholds
 
 
 def write_calibration(
@@ -118,20 +150,11 @@ def write_calibration(
 
     Presets of other names already in the file are kept; ours replace those of the same name.
     """
-    if default not in presets:
-        raise ModelError(f"calibration produced no {default!r} preset (no positives in the calibration split?)")
+    entry = thresholds_entry(presets, default=default, info=info)  # refuses a missing default before reading
 
     def change(data: dict[str, Any]) -> None:
-        thresholds = dict(data.get("thresholds") or {})
-        merged = dict(thresholds.get("presets") or {})
-        merged.update(presets)
-        thresholds["presets"] = merged
-        thresholds["default"] = default
-        calib = dict(info or {})
-        calib.setdefault("created", _now())
-        calib["presets"] = {k: PRESET_DESCRIPTIONS.get(k, "") for k in presets}
-        thresholds["calibration"] = calib
-        data["thresholds"] = thresholds
+        data["thresholds"] = thresholds_entry(presets, default=default, info=entry["calibration"],
+                                              existing=data.get("thresholds"))
 
     return update_metadata(model_dir, change)
 

@@ -24,21 +24,19 @@ exit status: 0 done, 1 some images could not be read (each reported), 2 usage or
 
 
 def register(sub) -> None:
-    from ..commands.tag import add_model_options
+    from ..options import ModelOptions, ThresholdOptions
 
     p = sub.add_parser("evaluate", help="measure a model on a dataset split; calibrate thresholds; HTML report",
                        description="Evaluate a tagger on a dataset split with metrics that cannot flatter.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_options(p)
+    ModelOptions.add_arguments(p, help={"model": "the model bundle, model.onnx, Hub id or training run directory "
+                                                 "(MODEL_OR_RUN below)"})
     p.add_argument("--data", "-d", required=True, metavar="DATASET_DIR", help="dataset directory (selected_tags.csv + split .jsonl files)")
     p.add_argument("--split", choices=("train", "val", "test"), default=None,
                    help="split to evaluate (default: test when the dataset has one, else val)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
-    g = p.add_argument_group("thresholds")
-    g.add_argument("--general-threshold", type=float, default=None, help="evaluate general tags at this threshold")
-    g.add_argument("--character-threshold", type=float, default=None, help="evaluate character tags at this threshold")
-    g.add_argument("--threshold-preset", default=None, help="evaluate at this preset of the model's metadata (default: its default preset)")
+    ThresholdOptions.add_arguments(p, title="thresholds", only=("general", "character", "preset"))
+    g = p.add_argument_group("calibration")
     g.add_argument("--calibrate", action="store_true", help="calibrate thresholds on --calibration-split and write them into the model")
     g.add_argument("--calibration-split", default="val", choices=("train", "val", "test"), help="split to calibrate on (default val)")
     g.add_argument("--min-support", type=int, default=10,
@@ -81,7 +79,7 @@ def _print_summary(res: dict, out) -> None:
 
 def run(args) -> int:
     from ..errors import UsageError
-    from ..postprocess import ThresholdOptions
+    from ..options import ModelOptions, ThresholdOptions
     from .calibration import write_calibration
     from .summary import calibration_scores
     from .dataset import default_split, load_split
@@ -90,16 +88,15 @@ def run(args) -> int:
 
     quiet = args.quiet
     log = (lambda msg: None) if quiet else (lambda msg: print(f"animetagnet: {msg}", file=sys.stderr))
-    options = ThresholdOptions(general=args.general_threshold, character=args.character_threshold, preset=args.threshold_preset)
-    options.validate()
+    options = ThresholdOptions.from_args(args)
+    model = ModelOptions.from_args(args)
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
     split = args.split or default_split(args.data)
-    model_dir = find_model_dir(args.model)
-    if str(model_dir) != str(args.model):
+    model_dir = find_model_dir(model.model)
+    if str(model_dir) != str(model.model):
         log(f"model bundle: {model_dir}")
-    common = dict(device=args.device, threads=args.threads, batch_size=args.batch_size, workers=args.workers,
-                  progress=not quiet, log=log)
+    common = dict(options=model, progress=not quiet, log=log)
     failed = 0
     cache = {}
     if args.calibrate:
@@ -137,9 +134,8 @@ def run(args) -> int:
     if args.compare:
         other_dir = find_model_dir(args.compare)
         odata = run_model(other_dir, load_split(args.data, split, limit=args.limit), **common)
-        # The other model is evaluated at its own thresholds (its metadata or the defaults).
-        other = summarize(odata, load_metadata(other_dir), ThresholdOptions(general=args.general_threshold,
-                                                                            character=args.character_threshold))
+        # The other model is evaluated with the same options (a preset is looked up in its own metadata).
+        other = summarize(odata, load_metadata(other_dir), options)
     if args.report:
         from .report import write_report
 

@@ -6,11 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
-from ..datasets.load import iter_split
+from ..datasets.load import DatasetError, open_dataset
 from ..vocab import Vocabulary
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -44,20 +41,11 @@ def default_split(dataset_dir: str | Path) -> str:
 
 
 def load_split(dataset_dir: str | Path, split: str, *, limit: int | None = None) -> SplitData:
-    root = Path(dataset_dir).expanduser()
-    if not root.is_dir():
-        raise UsageError(f"dataset directory not found: {root}")
-    labels = root / "selected_tags.csv"
-    if not labels.is_file():
-        raise UsageError(f"{root}: no selected_tags.csv (a dataset directory holds selected_tags.csv and train/val/test.jsonl)")
-    vocab = Vocabulary.read_csv(labels)
-    path = root / f"{split}.jsonl"
-    if not path.is_file():
-        raise UsageError(f"{root}: no {split}.jsonl (splits present: "
-                         f"{', '.join(s for s in SPLITS if (root / f'{s}.jsonl').is_file()) or 'none'})")
+    ds = open_dataset(dataset_dir, require=(split,))
+    root, vocab = ds.root, ds.vocab
     records: list[Record] = []
     unknown: Counter = Counter()
-    for example in iter_split(root, split):  # the one reader of split files
+    for example in ds.iter_split(split):
         known = []
         for t in example.tags:
             if t in vocab:
@@ -68,5 +56,5 @@ def load_split(dataset_dir: str | Path, split: str, *, limit: int | None = None)
         if limit is not None and len(records) >= limit:
             break
     if not records:
-        raise UsageError(f"{path}: the {split} split is empty")
+        raise DatasetError(f"{root / f'{split}.jsonl'}: the {split} split is empty")
     return SplitData(dataset_dir=root, split=split, vocab=vocab, records=records, unknown_labels=unknown)

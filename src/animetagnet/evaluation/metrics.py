@@ -343,13 +343,3 @@ def nice_cut(lowest: float, below: float) -> float:
             return float(v)
     return float(np.nextafter(lo32, np.float32(np.inf)))
 
-
-def mcut_thresholds(probs: np.ndarray) -> np.ndarray:
-    """MCut per row (midpoint of the largest gap between sorted values); 0.5 for rows of < 2 values."""
-    p = -np.sort(-np.asarray(probs, dtype=np.float64), axis=1)
-    if p.shape[1] < 2:
-        return np.full(p.shape[0], 0.5)
-    gaps = p[:, :-1] - p[:, 1:]
-    i = np.argmax(gaps, axis=1)
-    rows = np.arange(p.shape[0])
-    return (p[rows, i] + p[rows, i + 1]) / 2

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..bundle import MODEL_FILE, ModelBundle, ModelMetadata, resolve_model
 from ..errors import ModelError, UsageError
-from ..postprocess import MCUT_CHARACTER_FLOOR, TagSelector, ThresholdOptions
+from ..options import ModelOptions
+from ..postprocess import TagSelector, ThresholdOptions, mcut_floor, mcut_threshold
 from ..vocab import Category, Vocabulary
 from .dataset import SplitData
-from .metrics import mcut_thresholds
 
 
 def find_model_dir(model_or_run: str) -> Path:
@@ -98,18 +98,16 @@ def run_model(
     model_dir: str | Path,
     split: SplitData,
     *,
-    device: str = "auto",
-    threads: int | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
+    options: ModelOptions = ModelOptions(),
     progress: bool = True,
     log=None,
 ) -> EvalData:
+    """Score every image of the split with the bundle at `model_dir`, loaded with `options`
+    (device, threads, batch size, max pixels, exact decoding, workers; its `model` is ignored)."""
     from ..progress import Progress
-    from ..tagger import Tagger
 
     log = log or (lambda msg: print(f"animetagnet: {msg}", file=sys.stderr))
-    tagger = Tagger(model_dir, device=device, threads=threads, batch_size=batch_size)
+    tagger = options.replace(model=str(model_dir)).load()
     mv = tagger.vocab
     ds = split.vocab
     cols = [i for i, t in enumerate(ds) if t.category != Category.RATING]
@@ -129,8 +127,9 @@ def run_model(
     # A model whose rating rows were never trained (WD layout only) predicts no rating.
     rating_model_idx = mv.indices(Category.RATING) if tagger.bundle.metadata.ratings_trained else np.zeros(0, np.int64)
     rating_model = [mv.names[i] for i in rating_model_idx]
-    general_idx = mv.indices(Category.GENERAL)
-    character_idx = mv.indices(Category.CHARACTER)
+    # The categories `animetagnet tag --mcut-general --mcut-character` cuts per image.
+    mcut_groups = {cat.label: mv.indices(cat) for cat in (Category.GENERAL, Category.CHARACTER)}
+    mcut_groups = {label: idx for label, idx in mcut_groups.items() if idx.size}
 
     log(f"{tagger.describe()}; {len(split.records)} images of {split.dataset_dir.name}/{split.split}; "
         f"{int(covered.sum())}/{len(names)} dataset tags in the model")
@@ -140,15 +139,14 @@ def run_model(
 
     rows_scores: list[np.ndarray] = []
     keep: list[int] = []
-    mc_g: list[float] = []
-    mc_c: list[float] = []
+    mc: dict[str, list[float]] = {label: [] for label in mcut_groups}
     r_pred: list[str | None] = []
     failed: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     bar = Progress(len(split.records), enabled=None if progress else False, label="evaluating")
     start = time.perf_counter()
     try:
-        for loaded, probs in tagger.iter_probabilities([r.image for r in split.records], workers=workers):
+        for loaded, probs in tagger.iter_probabilities([r.image for r in split.records], workers=options.workers):
             # Paths can repeat in a split; the n-th result for a path is its n-th record.
             n = seen.get(loaded.path, 0)
             seen[loaded.path] = n + 1
@@ -161,10 +159,8 @@ def run_model(
             row = np.zeros(len(names), dtype=np.float32)
             row[covered] = probs[model_index[covered]]
             rows_scores.append(row)
-            if general_idx.size:
-                mc_g.append(float(mcut_thresholds(probs[general_idx][None])[0]))
-            if character_idx.size:
-                mc_c.append(max(MCUT_CHARACTER_FLOOR, float(mcut_thresholds(probs[character_idx][None])[0])))
+            for label, idx in mcut_groups.items():
+                mc[label].append(mcut_threshold(probs[idx], mcut_floor(label)))
             if rating_model_idx.size:
                 r_pred.append(rating_model[int(np.argmax(probs[rating_model_idx]))])
             else:
@@ -191,11 +187,7 @@ def run_model(
             elif t in rating_ds and rt is None:
                 rt = t
         rating_true.append(rt)
-    mcut: dict[str, np.ndarray] = {}
-    if mc_g:
-        mcut["general"] = np.array(mc_g)
-    if mc_c:
-        mcut["character"] = np.array(mc_c)
+    mcut = {label: np.array(values) for label, values in mc.items()}
     counts = np.array([ds[i].count for i in cols], dtype=np.int64)
     bundle = ModelBundle.load(model_dir)
     return EvalData(

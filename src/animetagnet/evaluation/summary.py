@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import ModelMetadata
-from ..postprocess import DEFAULT_CHARACTER_THRESHOLD, DEFAULT_GENERAL_THRESHOLD, ThresholdOptions
+from ..postprocess import DEFAULT_CHARACTER_THRESHOLD, DEFAULT_GENERAL_THRESHOLD, MCUT_CHARACTER_FLOOR, ThresholdOptions
 from ..vocab import Category
 from .calibration import PRESET_DESCRIPTIONS
 from .metrics import (
@@ -139,7 +139,7 @@ def summarize(data: EvalData, metadata: ModelMetadata, options: ThresholdOptions
         _strategy(data, "fixed_0.5", "0.5 for every tag", np.where(cov, 0.5, np.inf).astype(np.float32)),
     ]
     if data.mcut:
-        strategies.append(_strategy(data, "mcut", "MCut per image: general, and character with a 0.15 floor "
+        strategies.append(_strategy(data, "mcut", f"MCut per image: general, and character with a {MCUT_CHARACTER_FLOOR} floor "
                                     "(animetagnet tag --mcut-general --mcut-character); others at the chosen thresholds",
                                     data.mcut_matrix(thr)))
     for name, p in (metadata.thresholds.get("presets") or {}).items():

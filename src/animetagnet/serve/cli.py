@@ -36,25 +36,13 @@ examples:
 
 
 def register(sub) -> None:
-    from ..commands.tag import add_model_options, add_selection_options
+    from ..options import ModelOptions, ServeOptions, ThresholdOptions
 
     p = sub.add_parser("serve", help="HTTP service and web page for tagging (and the gallery)",
                        description="Tag uploads over HTTP: a JSON API (reference at /api, OpenAPI at /openapi.json) and a web page at /.",
                        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_options(p)
-    g = p.add_argument_group("service")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long the first waiting image waits for others to share its batch (default 5)")
-    g.add_argument("--gallery", metavar="DB", default=None, help="serve this gallery database (from `index`) at /gallery")
-    g.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file (default 20 MiB)")
-    g.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body (default 64 MiB)")
-    g.add_argument("--max-files", type=int, default=32, help="most images in one request (default 32)")
-    g.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds an image may wait for the model before the request fails with 503 (default 30)")
-    g.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (default 2)")
-    g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    ModelOptions.add_arguments(p, skip=("workers",))  # uploads are decoded by --decode-workers
+    ServeOptions.add_arguments(p)
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser("index", help="tag a folder into a searchable gallery database (incremental)",
@@ -68,9 +56,8 @@ def register(sub) -> None:
                    help="keep entries of files that are no longer under DIR")
     p.add_argument("--floor", type=float, default=None,
                    help="store every tag scoring at least this (default 0.1), for confidence searches")
-    add_model_options(p)
-    add_selection_options(p)
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    ModelOptions.add_arguments(p)
+    ThresholdOptions.add_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=run_index)
@@ -104,47 +91,37 @@ def run_serve(args) -> int:
     except ImportError:
         raise UsageError("the web service needs the 'serve' extra (uvicorn is missing): "
                          "pip install 'animetagnet[serve]'") from None
+    from ..options import ModelOptions, ServeOptions
     from .app import create_app
-    from .service import MiB, Limits
 
-    if args.max_wait_ms < 0 or args.max_files < 1 or args.max_upload_mb <= 0 or args.request_timeout <= 0:
-        raise UsageError("--max-wait-ms must be >= 0; --max-files, --max-upload-mb and --request-timeout > 0")
-    from ..tagger import Tagger
-
-    tagger = Tagger(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                    max_pixels=args.max_pixels)
-    limits = Limits(max_request_bytes=int(args.max_request_mb * MiB), max_file_bytes=int(args.max_upload_mb * MiB),
-                    max_files=args.max_files, request_timeout=args.request_timeout)
-    app = create_app(tagger, max_wait_ms=args.max_wait_ms, limits=limits, gallery_db=args.gallery,
-                     decode_workers=args.decode_workers)
+    opts = ServeOptions.from_args(args)
+    tagger = ModelOptions.from_args(args).load()
+    app = create_app(tagger, max_wait_ms=opts.max_wait_ms, limits=opts.limits(), gallery_db=opts.gallery,
+                     decode_workers=opts.decode_workers)
     print(f"animetagnet: {tagger.describe()}; micro-batches of up to {tagger.batch_size}, "
-          f"waiting at most {args.max_wait_ms:g} ms", file=sys.stderr)
-    if not _is_loopback(args.host):
-        print(f"animetagnet: warning: listening on {args.host}: the service has no authentication; anyone who can "
+          f"waiting at most {opts.max_wait_ms:g} ms", file=sys.stderr)
+    if not _is_loopback(opts.host):
+        print(f"animetagnet: warning: listening on {opts.host}: the service has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
-    print(f"animetagnet: web page http://{args.host}:{args.port}/ , API reference http://{args.host}:{args.port}/api",
+    print(f"animetagnet: web page http://{opts.host}:{opts.port}/ , API reference http://{opts.host}:{opts.port}/api",
           file=sys.stderr)
     # One process, one model: no uvicorn workers (each would load its own copy of the model).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5)
+    uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level, timeout_keep_alive=5)
     return 0
 
 
 def run_index(args) -> int:
-    from ..commands.tag import build_options
     from ..errors import UsageError
+    from ..options import ModelOptions, ThresholdOptions
     from ..progress import Progress
-    from ..tagger import Tagger
     from .gallery import DEFAULT_FLOOR, index_folder
 
     floor = DEFAULT_FLOOR if args.floor is None else args.floor
     if not 0.0 < floor <= 1.0:
         raise UsageError(f"--floor must be in (0, 1], got {floor}")
-    ns = argparse.Namespace(**vars(args), drop_implied=False, implications=None, exclude=None, replace=None,
-                            spaces=False, escape_parens=False, separator=", ", with_confidence=False,
-                            sort="confidence", characters_first=True, include_rating=False, always_first=None)
-    thresholds, _, _ = build_options(ns)
-    tagger = Tagger(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                    max_pixels=args.max_pixels)
+    thresholds = ThresholdOptions.from_args(args)
+    model = ModelOptions.from_args(args)
+    tagger = model.load()
     quiet = args.quiet
     if not quiet:
         print(f"animetagnet: {tagger.describe()}; indexing {args.dir} into {args.db}", file=sys.stderr)
@@ -153,7 +130,7 @@ def run_index(args) -> int:
         return Progress(total, enabled=False if (quiet or args.no_progress) else None, label="indexing")
 
     report = index_folder(args.db, args.dir, tagger, thresholds, floor=floor, recursive=args.recursive,
-                          prune=args.prune, workers=args.workers, progress_factory=progress)
+                          prune=args.prune, workers=model.workers, progress_factory=progress)
     for path, reason in report.errors:
         print(f"animetagnet: skipped {path}: {reason}", file=sys.stderr)
     if not quiet:

@@ -193,7 +193,7 @@ def index_folder(db_path: str | os.PathLike, root: str, tagger, options=None, *,
                  recursive: bool = True, prune: bool = True, workers: int | None = None,
                  commit_every: int = 256, progress_factory=None) -> IndexReport:
     """Tag new and changed images under `root` into the database; returns what happened."""
-    from .service import floor_options
+    from ..options import floor_thresholds
 
     if not os.path.isdir(root):
         raise UsageError(f"not a directory: {root}")
@@ -250,7 +250,7 @@ def index_folder(db_path: str | os.PathLike, root: str, tagger, options=None, *,
             report.removed = len(gone)
         con.commit()
 
-        floor_selector = tagger.selector(floor_options(floor))
+        floor_selector = tagger.selector(floor_thresholds(floor))
         progress = progress_factory(len(todo)) if progress_factory is not None else None
         by_path = {p: (st, d) for p, st, d in todo}
         pending = 0

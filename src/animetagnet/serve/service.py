@@ -1,7 +1,9 @@
 """What one request asks of the model, without the web framework: options, decoding, tagging, captions.
 
-`TagService` owns the Tagger, the micro-batcher and the decoding threads of one process.
-Requests never mutate it: per-request options become immutable objects (cached selectors).
+`TagService` owns the Tagger, the micro-batcher, the decoding threads and the counters of one
+process. A request's options are a frozen `TagOptions` (serve/params.py builds it from the
+query); being hashable, the options themselves are the keys of the cached selectors, filters
+and caption styles.
 """
 
 from __future__ import annotations
@@ -10,14 +12,12 @@ import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from ..errors import AnimeTagNetError, ImageError
-from ..formatting import CaptionStyle, TagFilter
-from ..postprocess import ThresholdOptions
+from ..options import CaptionOptions, FilterOptions, TagOptions, ThresholdOptions, floor_thresholds
 from ..results import TagResult
 from .batching import MicroBatcher, NotRunning, Overloaded
 
@@ -70,57 +70,15 @@ def image_error(exc: ImageError, filename: str | None) -> ApiError:
     return ApiError(400, "broken_image", prefix + reason)
 
 
-@dataclass(frozen=True)
-class RequestOptions:
-    """Everything a request may set; the same names and meaning as the `tag` verb's options."""
-
-    general_threshold: float | None = None
-    character_threshold: float | None = None
-    threshold_preset: str | None = None
-    mcut_general: bool = False
-    mcut_character: bool = False
-    top_k: int | None = None
-    spaces: bool = False
-    escape_parens: bool = False
-    separator: str = ", "
-    with_confidence: bool = False
-    sort: str = "confidence"
-    characters_first: bool = True
-    include_rating: bool = False
-    always_first: str | None = None
-    exclude: str | None = None
-    replace: str | None = None
-    drop_implied: bool = False
-
-    def build(self) -> tuple[ThresholdOptions, TagFilter, CaptionStyle]:
-        """Through the CLI's own `build_options`, so both front ends can never disagree.
-        Never an implication file: the service does not read paths a client names."""
-        from ..commands.tag import build_options
-
-        ns = SimpleNamespace(**{k: getattr(self, k) for k in self.__dataclass_fields__})
-        ns.always_first = [self.always_first] if self.always_first else None
-        ns.exclude = [self.exclude] if self.exclude else None
-        ns.replace = [self.replace] if self.replace else None
-        ns.implications = None
-        try:
-            return build_options(ns)
-        except AnimeTagNetError as exc:
-            raise ApiError(400, "invalid_parameter", str(exc)) from None
-
-
-def floor_options(floor: float) -> ThresholdOptions:
-    """Thresholds that keep every tag scoring at least `floor`, whatever the model's presets say."""
-    return ThresholdOptions(general=floor, character=floor,
-                            categories={"copyright": floor, "artist": floor, "meta": floor})
-
-
 class TagService:
     """One model per process, shared by every request; see the module docstring."""
 
     def __init__(self, tagger, *, batch_size: int | None = None, max_wait_ms: float = 5.0,
-                 limits: Limits | None = None, decode_workers: int = 2):
+                 limits: Limits | None = None, decode_workers: int = 2, gallery=None):
         self.tagger = tagger
         self.limits = limits or Limits()
+        #: A read-only serve.gallery.Gallery, or None.
+        self.gallery = gallery
         self.batcher = MicroBatcher(tagger.predict, batch_size=batch_size or tagger.batch_size,
                                     max_wait_ms=max_wait_ms, max_queue=self.limits.max_queue)
         self.decode_workers = decode_workers
@@ -129,8 +87,10 @@ class TagService:
         self.images = 0
         self.failures = 0
         # Selectors precompute a threshold per output (~10k on WD v3): build each set once.
+        # The frozen option groups are the cache keys.
         self._selector = functools.lru_cache(maxsize=64)(self._make_selector)
-        self._options = functools.lru_cache(maxsize=64)(RequestOptions.build)
+        self._filter = functools.lru_cache(maxsize=64)(self._client_error(FilterOptions.build))
+        self._style = functools.lru_cache(maxsize=64)(self._client_error(CaptionOptions.style))
 
     async def start(self) -> None:
         self._decoder = ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="decode")
@@ -147,34 +107,111 @@ class TagService:
         return self.batcher.running and self._decoder is not None
 
     # --- options ------------------------------------------------------------
-    def _make_selector(self, key: tuple):
-        general, character, mcut_g, mcut_c, top_k, preset, floor = key
-        if floor is not None:
-            return self.tagger.selector(floor_options(floor))
-        opts = ThresholdOptions(general=general, character=character, mcut_general=mcut_g,
-                                mcut_character=mcut_c, top_k=top_k, preset=preset)
-        try:
-            return self.tagger.selector(opts)
-        except AnimeTagNetError as exc:  # an unknown preset is the client's mistake
-            raise ApiError(400, "invalid_parameter", str(exc)) from None
+    @staticmethod
+    def _client_error(build):
+        """Bad options (an unknown preset, a malformed replacement) are the client's mistake: 400."""
+        @functools.wraps(build)
+        def wrapped(*args):
+            try:
+                return build(*args)
+            except AnimeTagNetError as exc:
+                raise ApiError(400, "invalid_parameter", str(exc)) from None
+        return wrapped
 
-    def selector_for(self, t: ThresholdOptions, floor: float | None = None):
-        key = (None,) * 6 + (floor,) if floor is not None else (
-            t.general, t.character, t.mcut_general, t.mcut_character, t.top_k, t.preset, None)
-        return self._selector(key)
+    def _make_selector(self, thresholds: ThresholdOptions):
+        return self._client_error(self.tagger.selector)(thresholds)
 
-    def options(self, req: RequestOptions) -> tuple[ThresholdOptions, TagFilter, CaptionStyle]:
-        thresholds, tag_filter, style = self._options(req)
-        if style.sort == "model" and not style.label_order:  # cached per request shape: set once
-            style.use_label_order(self.tagger.vocab.names)
-        return thresholds, tag_filter, style
+    def selector(self, thresholds: ThresholdOptions):
+        return self._selector(thresholds)
+
+    def check(self, options: TagOptions) -> None:
+        """Build what `options` need now, so that bad ones fail before any decoding."""
+        self.selector(options.thresholds)
+        self._filter(options.filters)
+        self._style(options.caption)
 
     def default_thresholds(self) -> dict[str, float]:
         """The threshold each category uses when a request sets none (model preset or defaults)."""
-        sel = self.selector_for(ThresholdOptions())
+        sel = self.selector(ThresholdOptions())
         return {label: round(float(np.median(sel.thresholds[idx])), 4) for label, idx in sel.groups if idx.size}
 
+    # --- what the service reports -------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests, "images": self.images, "failed_images": self.failures,
+                "queued": self.batcher.pending, "batching": self.batcher.stats.to_dict()}
+
+    def model_info(self) -> dict[str, Any]:
+        """The loaded model, its defaults and the service limits (GET /v1/model)."""
+        from .. import __version__
+
+        tagger, limits = self.tagger, self.limits
+        vocab = tagger.vocab
+        cats = {cat.label: int(vocab.indices(cat).size) for cat in vocab.present_categories()}
+        presets = sorted((tagger.bundle.metadata.thresholds.get("presets") or {}).keys())
+        return {
+            "name": tagger.bundle.name,
+            "tags": len(vocab),
+            "categories": cats,
+            "input_size": tagger.input_size,
+            "device": tagger.device.device,
+            "providers": list(tagger.device.providers),
+            "default_thresholds": self.default_thresholds(),
+            "threshold_presets": presets,
+            "default_preset": tagger.bundle.metadata.thresholds.get("default"),
+            "batching": {"batch_size": self.batcher.batch_size, "max_wait_ms": self.batcher.max_wait * 1000},
+            "limits": {"max_request_bytes": limits.max_request_bytes, "max_file_bytes": limits.max_file_bytes,
+                       "max_files": limits.max_files, "max_pixels": tagger.max_pixels,
+                       "request_timeout_s": limits.request_timeout},
+            "gallery": self.gallery is not None,
+            "version": __version__,
+        }
+
     # --- work ---------------------------------------------------------------
+    async def tag_uploads(self, uploads: list, options: TagOptions, min_confidence: float | None) -> list[dict]:
+        """Tag uploaded files (objects with `filename`, `size` and `async read()`), counting them.
+
+        A failed image becomes an item with an `error`; when every image fails, the first
+        failure is raised (with every failure in its details when there were several)."""
+        limits = self.limits
+        if len(uploads) > limits.max_files:
+            raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {limits.max_files}")
+        self.check(options)  # bad options fail before any decoding
+        self.requests += 1
+        outcomes = await asyncio.gather(*(self._tag_upload(u, options, min_confidence) for u in uploads),
+                                        return_exceptions=True)
+        results, errors = [], []
+        for upload, out in zip(uploads, outcomes):
+            if isinstance(out, ApiError):
+                errors.append(out)
+                results.append({"filename": upload.filename or None, **out.to_dict()})
+            elif isinstance(out, BaseException):
+                raise out
+            else:
+                results.append(out)
+        self.images += len(uploads)
+        self.failures += len(errors)
+        if errors and len(errors) == len(uploads):
+            first = errors[0]
+            if len(uploads) > 1:
+                first = ApiError(first.status, first.code, first.message,
+                                 [r["error"] | {"filename": r["filename"]} for r in results])
+            raise first
+        return results
+
+    async def _tag_upload(self, upload, options: TagOptions, min_confidence: float | None) -> dict[str, Any]:
+        name = upload.filename or None
+        max_bytes = self.limits.max_file_bytes
+        if upload.size is not None and upload.size > max_bytes:
+            raise ApiError(413, "file_too_large", f"{name}: {upload.size:,} bytes is above the per-file limit of "
+                                                  f"{max_bytes / 1024 / 1024:g} MiB")
+        data = await upload.read()
+        if len(data) > max_bytes:
+            raise ApiError(413, "file_too_large", f"{name}: above the per-file limit")
+        array = await self.decode(data, name)
+        del data
+        probs = await self.infer(array)
+        return self.describe(probs, name, options, min_confidence)
+
     async def decode(self, data: bytes, filename: str | None) -> np.ndarray:
         """Bytes -> model input, in a decoding thread (never a path: uploads only)."""
         if self._decoder is None:
@@ -196,19 +233,19 @@ class TagService:
         except NotRunning as exc:
             raise ApiError(503, "not_ready", str(exc)) from None
 
-    def describe(self, probs: np.ndarray, filename: str | None, req: RequestOptions,
+    def describe(self, probs: np.ndarray, filename: str | None, options: TagOptions,
                  min_confidence: float | None) -> dict[str, Any]:
-        thresholds, tag_filter, style = self.options(req)
-        result = tag_filter.apply(self.selector_for(thresholds).select(probs, filename))
+        tag_filter, style = self._filter(options.filters), self._style(options.caption).use_label_order(self.tagger.vocab.names)
+        result = tag_filter.apply(self.selector(options.thresholds).select(probs, filename))
         out = result.to_dict()
         out = {"filename": filename, **{k: v for k, v in out.items() if k != "path"}}
         out["caption"] = style.caption(result)
         if min_confidence is not None:
-            scores = tag_filter.apply(self.selector_for(thresholds, floor=min_confidence).select(probs, filename))
+            scores = tag_filter.apply(self.selector(floor_thresholds(min_confidence)).select(probs, filename))
             out["scores"] = scores.to_dict()["tags"]
         return out
 
-    def caption(self, items: list[dict[str, Any]], req: RequestOptions) -> list[str]:
+    def caption(self, items: list[dict[str, Any]], options: TagOptions) -> list[str]:
         """Captions for tag sets the page already has (its slider filters them client-side)."""
-        _, tag_filter, style = self.options(req)
+        tag_filter, style = self._filter(options.filters), self._style(options.caption).use_label_order(self.tagger.vocab.names)
         return [style.caption(tag_filter.apply(TagResult.from_dict(it))) for it in items]
