@@ -203,7 +203,7 @@ def test_int8_variant_is_measured(exported, tmp_path):
     assert q["speedup"] > 0 and 0 <= q["val_map"] <= 1 and q["max_abs_diff"] >= 0
     sess = ort.InferenceSession(str(tmp_path / "m8" / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"input": np.full((2, 32, 32, 3), 128.0, np.float32)})[0]
-    assert out.shape == (2, 3) and ((out >= 0) & (out <= 1)).all()
+    assert out.shape == (2, len(RATING_NAMES) + 3) and ((out >= 0) & (out <= 1)).all()  # 4 rating rows + 3 tags
 
 
 @pytest.mark.realdata
