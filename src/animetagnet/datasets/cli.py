@@ -66,8 +66,12 @@ def register(subparsers) -> None:
     cur.add_argument("--drop-untagged", action="store_true",
                      help="leave out images with no vocabulary tag (default: keep them as negatives)")
     spl = p.add_argument_group("splits and output")
-    spl.add_argument("--split", default="80/10/10", metavar="TRAIN/VAL/TEST",
-                     help="split percentages by a hash of the group key (default 80/10/10)")
+    spl.add_argument("--split", default=None, metavar="TRAIN/VAL/TEST",
+                     help="split percentages by a hash of the group key (default 80/10/10); a source whose "
+                          "top level is train/ and val/ (or validation/) and/or test/ folders keeps those splits "
+                          "unless --resplit is given")
+    spl.add_argument("--resplit", action="store_true",
+                     help="hash-split a source that comes with train/val/test folders (default: keep them)")
     spl.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DATASET_DIR")
     spl.add_argument("--no-plot", action="store_true", help="do not draw label_frequency.png")
     spl.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
@@ -130,7 +134,9 @@ def options_from_args(args: argparse.Namespace):
         kaggle_part=args.part,
         images=args.images,
         metadata_only=args.metadata_only,
-        ratios=parse_ratios(args.split),
+        ratios=parse_ratios(args.split or "80/10/10"),
+        resplit=bool(args.resplit),
+        ratios_given=args.split is not None,
         verify=args.verify,
         rules=build_rules(args),
         tag_tables=list(args.tag_table),

@@ -61,14 +61,18 @@ def prefix_rule(folders: list[str], mode: str = "auto") -> bool:
 
 
 def iter_class_folders(
-    root: Path, category: int, log: SkipLog, prefix_mode: str = "auto"
+    root: Path, category: int, log: SkipLog, prefix_mode: str = "auto", shown_from: Path | None = None
 ) -> Iterator[Record]:
-    """Every image below `<root>/<folder>/` gets the folder's tag, in `category`."""
+    """Every image below `<root>/<folder>/` gets the folder's tag, in `category`.
+
+    `shown_from`: the folder that logged paths are relative to (the source, above split folders).
+    """
     folders = class_dirs(root)
     strip = prefix_rule(folders, prefix_mode)
+    base = shown_from or root
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_file():
-            log.add("file outside the class folders (ignored)", entry.name)
+            log.add("file outside the class folders (ignored)", os.path.relpath(entry.path, base))
     for folder in folders:
         tag = class_tag(folder, strip)
         if not tag:
@@ -78,7 +82,7 @@ def iter_class_folders(
             for fname in files:
                 path = os.path.join(dirpath, fname)
                 if not is_image_path(fname):
-                    log.add("not an image file (ignored)", os.path.relpath(path, root))
+                    log.add("not an image file (ignored)", os.path.relpath(path, base))
                     continue
                 rid = _rel_id(root, path)
                 yield Record(id=rid, group=group_of_file(rid), image=path, tags=((tag, category),))
@@ -96,8 +100,14 @@ def read_caption(path: str) -> list[str]:
     return list(seen)
 
 
-def iter_captioned(root: Path, log: SkipLog) -> Iterator[Record]:
-    """`img.png` + `img.txt` pairs anywhere below `root` (kohya sd-scripts convention)."""
+def iter_captioned(root: Path, log: SkipLog, shown_from: Path | None = None) -> Iterator[Record]:
+    """`img.png` + `img.txt` pairs anywhere below `root` (kohya sd-scripts convention).
+
+    An empty caption file is a valid image with no tags (a negative: counted in the log as a
+    note); an image without a caption file is reported and left out, since nobody said what
+    it shows. `shown_from`: the folder that logged paths are relative to.
+    """
+    base = shown_from or root
     for dirpath, _dirs, files in walk_sorted(root):
         by_stem: dict[str, list[str]] = {}
         for fname in files:
@@ -108,11 +118,11 @@ def iter_captioned(root: Path, log: SkipLog) -> Iterator[Record]:
             captions = [n for n in names if n.lower().endswith(CAPTION_SUFFIXES)]
             if not images:
                 if captions:
-                    log.add("caption file without an image", os.path.relpath(os.path.join(dirpath, captions[0]), root))
+                    log.add("caption file without an image", os.path.relpath(os.path.join(dirpath, captions[0]), base))
                 continue
             for img in images:
                 path = os.path.join(dirpath, img)
-                rel = os.path.relpath(path, root)
+                rel = os.path.relpath(path, base)
                 if not captions:
                     log.add("image without a caption file", rel)
                     continue
@@ -121,6 +131,8 @@ def iter_captioned(root: Path, log: SkipLog) -> Iterator[Record]:
                 except OSError as exc:
                     log.add("unreadable caption file", f"{rel}: {exc.strerror or exc}")
                     continue
+                if not tags:
+                    log.add("empty caption (kept: an image with no tags)", rel)
                 rid = _rel_id(root, path)
                 if len(images) > 1:  # a.png and a.jpg share a caption: keep ids distinct
                     rid = os.path.relpath(path, root).replace(os.sep, "/")

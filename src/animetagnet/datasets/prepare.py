@@ -8,6 +8,11 @@ split keys), never by the size of the metadata:
 2. count tags on the training split and select the vocabulary;
 3. write train/val/test.jsonl (tags filtered to the vocabulary), the statistics, and
    dataset.json. Output depends only on the source and the options: reruns are byte-identical.
+
+A source that comes split (top-level train/, val/ or validation/, test/ folders) keeps its
+split: each record stays in its folder's split (`--resplit` hashes instead). Its folders are
+read in train, val, test order, so an image found in two of them is kept in the first (an
+evaluation split never holds a training image) and reported.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class PrepareOptions:
     images: str | None = None
     metadata_only: bool = False
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
+    resplit: bool = False  # hash-split even a source that comes with train/val/test folders
+    ratios_given: bool = False  # --split was given: an error on a pre-split source without --resplit
     verify: str = "header"
     rules: CurationRules = field(default_factory=CurationRules)
     tag_tables: list[str] = field(default_factory=list)
@@ -71,6 +78,10 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
     tag_ids: dict[str, int] = {}
     check_out_not_in_source(Path(opts.source), out)
     fmt, desc, records = open_source(opts, log, tag_ids)
+    split_folders = desc.get("split_folders")
+    if split_folders and opts.ratios_given:
+        raise UsageError(f"{opts.source} comes split ({', '.join(f + '/' for f in split_folders.values())}): "
+                         "--split applies only with --resplit")
     prepare_out_dir(out, opts.overwrite)
     say = opts.progress or (lambda msg: None)
 
@@ -121,7 +132,8 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
         files["selected_tags.csv"] = {"tags": len(vocab)}
 
         vnames = set(vocab.names)
-        stats_doc: dict = {"splits": stats.summary(), "label_frequency": label_frequency(train_counts, vnames)}
+        stats_doc: dict = {"split_mode": "predefined" if split_folders else "hash", "splits": stats.summary(),
+                           "label_frequency": label_frequency(train_counts, vnames)}
         plot_path = out / "label_frequency.png"
         why_not = plot_long_tail(train_counts, vnames, plot_path) if opts.plot else "disabled (--no-plot)"
         if why_not is None:
@@ -142,11 +154,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
             "image_paths": "none (metadata only)" if opts.metadata_only else "absolute",
             "verify": opts.verify,
             "content_hash": "md5 of the file bytes" if opts.verify != "none" else "Danbooru md5 from the metadata, when present",
-            "split": {
-                "ratios": dict(zip(SPLITS, opts.ratios)),
-                "function": SPLIT_FUNCTION,
-                "group_key": _group_key_doc(fmt, opts.kaggle_part),
-            },
+            "split": _split_doc(fmt, opts, split_folders),
             "rules": rules,
             "counts": {
                 "records_read": n_read,
@@ -178,6 +186,22 @@ def prepare_dataset(opts: PrepareOptions) -> dict:
             pass
 
 
+def _split_doc(fmt: str, opts: PrepareOptions, folders: dict | None) -> dict:
+    if folders:
+        return {
+            "mode": "predefined",
+            "folders": folders,
+            "rule": "each image keeps the split of its top-level folder; an image (by content) in two "
+                    "folders is kept in the first of train, val, test; --resplit hashes instead",
+        }
+    return {
+        "mode": "hash",
+        "ratios": dict(zip(SPLITS, opts.ratios)),
+        "function": SPLIT_FUNCTION,
+        "group_key": _group_key_doc(fmt, opts.kaggle_part),
+    }
+
+
 def _group_key_doc(fmt: str, part: str) -> str:
     if fmt in ("danbooru",) or (fmt == "kaggle" and part == "images"):
         return "Danbooru parent_id when non-zero, else the post id (a post and its children share a split)"
@@ -189,6 +213,8 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
     # Numeric ids are stored as ints: a third of the memory of the strings at 300k+ posts.
     seen_ids: set = set()
     first_by_content: dict[bytes, int] = {}
+    split_by_index: list[str] = []  # split of each spooled record, to tell cross-split copies apart
+    split_of_group: dict[str, str] = {}  # predefined splits: where each group was first seen
     merged: dict[int, list[list]] = {}
     categories: dict[str, int] = {}
     n_read = n_spooled = 0
@@ -214,14 +240,23 @@ def _pass_read(opts, table: TagTable, records: Iterator[Record], log: SkipLog, s
             if digest is None and rec.content_key and rec.content_key.startswith("md5:"):
                 digest = bytes.fromhex(rec.content_key[4:])
             tags = _resolve_tags(rec.tags, table, categories)
+            split = rec.split or split_of(rec.group, opts.ratios)
             if digest is not None:
                 first = first_by_content.get(digest)
                 if first is not None:
-                    log.add("byte-identical image collapsed into its first copy (tags merged)", rec.id)
+                    if rec.split is not None and split_by_index[first] != split:
+                        log.add(f"same image in two split folders (kept in {split_by_index[first]}, "
+                                f"the {split} copy dropped; tags merged)", rec.id)
+                    else:
+                        log.add("byte-identical image collapsed into its first copy (tags merged)", rec.id)
                     merged.setdefault(first, []).extend(tags)
                     continue
                 first_by_content[digest] = n_spooled
-            split = split_of(rec.group, opts.ratios)
+            if rec.split is not None:
+                seen_in = split_of_group.setdefault(rec.group, split)
+                if seen_in != split:
+                    log.add(f"source post in two split folders ({seen_in} and {split}; kept as given)", rec.id)
+            split_by_index.append(split)
             spool.write(dumps([rec.id, rec.group, rec.image, split, tags, rec.rating]) + "\n")
             n_spooled += 1
     say(f"{n_read:,} records read, {n_spooled:,} kept")

@@ -21,6 +21,8 @@ class Record:
     the source does not say (caption files). `group` is the split key: records sharing it
     always land in the same split. `content_key` identifies the image content (a file hash,
     or the Danbooru md5 when files are not read); equal keys are collapsed into one record.
+    `split` is set when the source itself says the split (its train/ val/ test/ folders);
+    None means the split comes from the hash of `group`.
     """
 
     id: str
@@ -29,6 +31,7 @@ class Record:
     tags: tuple[tuple[str, int | None], ...]
     rating: str | None = None
     content_key: str | None = None
+    split: str | None = None
 
 
 _ESCAPED_PAREN = re.compile(r"\\([()])")

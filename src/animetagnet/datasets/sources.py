@@ -20,6 +20,44 @@ if TYPE_CHECKING:
 
 FORMATS = ("kaggle", "danbooru", "captions", "folders")
 VERIFY_MODES = ("none", "header", "full")
+#: Folder names a pre-split source uses at its top level, for each of our splits.
+SPLIT_FOLDER_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+#: Formats whose records are plain files, so split folders can sit above them.
+SPLITTABLE_FORMATS = ("captions", "folders")
+
+
+def split_folders(source: Path) -> dict[str, str] | None:
+    """{split: folder name} when the top level of `source` is train/ plus val/ (or validation/)
+    and/or test/, and nothing else but files; None otherwise (the source is split by hash).
+
+    Any other folder beside them (say a class named `train` among 20 others) means the
+    names are not split folders, so such a source keeps the hash split.
+    """
+    if not source.is_dir():
+        return None
+    dirs = sorted(e.name for e in os.scandir(source) if e.is_dir() and not e.name.startswith("."))
+    by_name = {name: split for split, names in SPLIT_FOLDER_NAMES.items() for name in names}
+    if not dirs or "train" not in dirs or any(d not in by_name for d in dirs) or len(dirs) < 2:
+        return None
+    found: dict[str, str] = {}
+    for d in dirs:
+        split = by_name[d]
+        if split in found:
+            raise UsageError(f"{source}: both {found[split]}/ and {d}/ are there; keep one validation folder")
+        found[split] = d
+    return {s: found[s] for s in SPLIT_FOLDER_NAMES if s in found}
+
+
+def _in_split_folders(folders: dict[str, str], source: Path, read) -> Iterator[Record]:
+    """Records of each split folder in train, val, test order, with the folder's split and ids
+    prefixed by the folder name (so `train/0001` and `test/0001` stay distinct)."""
+    from dataclasses import replace
+
+    for split, folder in folders.items():
+        for rec in read(source / folder):
+            # A file that is its own group (no <md5>- prefix) keeps id == group, prefixed alike.
+            group = f"{folder}/{rec.group}" if rec.group == rec.id else rec.group
+            yield replace(rec, id=f"{folder}/{rec.id}", group=group, split=split)
 
 
 def detect_format(source: Path, files_per_dir: int = 200, max_dirs: int = 2000) -> str:
@@ -83,12 +121,22 @@ def open_source(opts: "PrepareOptions", log: SkipLog, tag_ids: dict[str, int]) -
     if opts.metadata_only and fmt not in ("danbooru", "kaggle"):
         raise UsageError("--metadata-only applies to Danbooru metadata sources only")
     class_cat = int(Category.parse(opts.class_category))
-    if fmt == "folders":
-        desc["class_category"] = Category(class_cat).label
-        desc["class_prefix"] = opts.class_prefix
-        return fmt, desc, iter_class_folders(source, class_cat, log, opts.class_prefix)
-    if fmt == "captions":
-        return fmt, desc, iter_captioned(source, log)
+    if fmt in SPLITTABLE_FORMATS:
+        folders = split_folders(source)
+        if folders and not opts.resplit:
+            desc["split_folders"] = folders
+        else:
+            folders = None
+        if fmt == "folders":
+            desc["class_category"] = Category(class_cat).label
+            desc["class_prefix"] = opts.class_prefix
+
+            def read(root: Path) -> Iterator[Record]:
+                return iter_class_folders(root, class_cat, log, opts.class_prefix, shown_from=source)
+        else:
+            def read(root: Path) -> Iterator[Record]:
+                return iter_captioned(root, log, shown_from=source)
+        return fmt, desc, (_in_split_folders(folders, source, read) if folders else read(source))
     if fmt == "kaggle":
         layout = kaggle.find_layout(source)
         desc["part"] = opts.kaggle_part

@@ -149,6 +149,13 @@ def render_markdown(info: dict) -> str:
     """A short human-readable report from the dataset.json / stats.json content."""
     st = info["stats"]
     lines = [f"# Dataset report", "", f"Source: `{info['source']['path']}` ({info['source']['format']})", ""]
+    split = info.get("split", {})
+    if split.get("mode") == "predefined":
+        folders = ", ".join(f"{name}/ -> {s}" for s, name in split["folders"].items())
+        lines += [f"Splits: predefined by the source's folders ({folders}); `--resplit` hashes instead.", ""]
+    elif split.get("ratios"):
+        r = split["ratios"]
+        lines += [f"Splits: by a hash of the group key, {r['train']:g}/{r['val']:g}/{r['test']:g}.", ""]
     lines.append("| split | posts | images | tags/image (source) | tags/image (kept) | coverage (all) | coverage (in scope) | images with no kept tag |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in (*SPLITS, "all"):
