@@ -64,7 +64,12 @@ class ModelConfig(_Section):
 class AugmentConfig(_Section):
     hflip: Float = 0.5
     # Random crop of the (unpadded) image: area fraction range; aspect stays near the original.
+    # Label-safe for one-object images only (a face crop stays that face).
     crop_scale: list[Float] = Field(default_factory=lambda: [1.0, 1.0])
+    # Label-safe crop for images with several objects anywhere (scenes): each side loses at
+    # most this fraction of the image, so an object at least `m` of the image side always keeps
+    # at least 1 - crop_border/m of its extent, whatever its place (docs/train.md).
+    crop_border: Float = Field(0.0, ge=0.0, lt=0.25)
     rotate_degrees: Float = 0.0
     # Resize filters drawn at random per image (the val/test/inference path is always bicubic).
     resample: list[Resample] = Field(default_factory=lambda: ["bicubic"])
@@ -74,6 +79,9 @@ class AugmentConfig(_Section):
         lo_hi = self.crop_scale
         if len(lo_hi) != 2 or not (0 < lo_hi[0] <= lo_hi[1] <= 1):
             raise ValueError("crop_scale must be [min, max] with 0 < min <= max <= 1")
+        if self.crop_border > 0 and lo_hi[0] < 1.0:
+            # A random-area crop can cut any object out of the frame: the border bound would not hold.
+            raise ValueError("crop_border and crop_scale < 1 exclude each other (crop_border is the label-safe crop for scenes)")
         return self
 
 
