@@ -68,7 +68,13 @@ def _print_summary(res: dict, out) -> None:
         c = pr[k]
         if c:
             out.write(f"  {k}-F1 at P=R {c['f1']:.4f} (threshold {c['threshold']:.4f})\n")
-    out.write(f"  per image: P {ex['precision']:.4f}  R {ex['recall']:.4f}  F1 {ex['f1']:.4f}  Jaccard {ex['jaccard']:.4f}\n")
+    out.write(f"  per image: P {ex['precision']:.4f}  R {ex['recall']:.4f}  F1 {ex['f1']:.4f}  Jaccard {ex['jaccard']:.4f}"
+              f"  exact set {ex['exact_match']:.4f}\n")
+    un = res.get("images_without_tags") or {}
+    if un.get("images"):
+        cats = ", ".join(f"{c['images_with_a_false_tag']} with a false {label} tag"
+                         for label, c in un["false_by_category"].items() if c["false_tags"] or label == "character")
+        out.write(f"  images without tags: {un['images']}, {un['clean']:.4f} with nothing predicted ({cats})\n")
     for s in res["strategies"]:
         out.write(f"  [{s['name']:>22}] micro-F1 {s['micro_f1']:.4f}  macro-F1 {s['macro_f1']:.4f}\n")
     if res["rating"]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..vocab import Category
+
 
 def _div(num, den) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
@@ -122,6 +124,35 @@ def example_based(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         "label_accuracy_if_nothing_predicted": float(1.0 - y_true.mean()) if y_true.size else 0.0,
     }
     return out
+
+
+def untagged_images(y_true: np.ndarray, y_pred: np.ndarray, categories: np.ndarray) -> dict:
+    """How a model behaves on images with no true tag (a scene with nobody in it).
+
+    Every prediction there is false. `clean` is the share of such images with nothing
+    predicted; `false_by_category` counts the false tags per category label (a false
+    character is the costly kind: a name on an empty picture).
+    """
+    y_true = np.asarray(y_true, dtype=bool)
+    y_pred = np.asarray(y_pred, dtype=bool)
+    rows = ~y_true.any(axis=1)
+    n = int(rows.sum())
+    pred = y_pred[rows]
+    by_cat = {}
+    for code in sorted(set(int(c) for c in categories)):
+        cols = np.asarray(categories) == code
+        k = int(pred[:, cols].sum())
+        by_cat[Category(code).label] = {
+            "false_tags": k,
+            "images_with_a_false_tag": int(pred[:, cols].any(axis=1).sum()),
+        }
+    return {
+        "images": n,
+        "clean": float((~pred.any(axis=1)).mean()) if n else None,
+        "images_with_a_false_tag": int(pred.any(axis=1).sum()),
+        "false_tags_per_image": float(pred.sum(axis=1).mean()) if n else None,
+        "false_by_category": by_cat,
+    }
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray, n_positives: int | None = None) -> float:

@@ -145,6 +145,12 @@ def _headline_rows(res: dict[str, Any]) -> list[list[Any]]:
         ["label accuracy over all (image, tag) pairs", f"{ex['label_accuracy']:.3f} — predicting nothing scores {ex['label_accuracy_if_nothing_predicted']:.3f}: not a quality measure"],
         ["tags per image: true / predicted", f"{h['tags_per_image_true']:.2f} / {h['tags_per_image_predicted']:.2f}"],
     ]
+    un = res.get("images_without_tags") or {}
+    if un.get("images"):
+        per_cat = "; ".join(f"{label}: {c['images_with_a_false_tag']} images, {c['false_tags']} false tags"
+                            for label, c in un["false_by_category"].items())
+        rows.append(["images without tags (empty caption): nothing predicted",
+                     f"{un['clean']:.3f} of {un['images']} ({per_cat})"])
     return rows
 
 

@@ -21,6 +21,7 @@ from .metrics import (
     per_tag_average_precision,
     set_metrics,
     sweep,
+    untagged_images,
 )
 from .runner import EvalData
 
@@ -43,6 +44,9 @@ DEFINITIONS = {
     "label_accuracy": "share of all (image, tag) pairs classified correctly, absent ones included: it is "
                       "high for a model that predicts nothing (the original project's '56% accuracy' kind "
                       "of figure); shown beside the score of predicting nothing, never as a headline",
+    "images_without_tags": "images with no true tag (an empty caption): every tag predicted there is false; "
+                           "clean = share of them with nothing predicted, per category the false tags and the "
+                           "images with at least one (exact match on them is the same as clean)",
     "rating": "single-label accuracy of the argmax over the model's rating outputs, on images with a rating label",
 }
 
@@ -89,8 +93,11 @@ def _strategy(data: EvalData, name: str, description: str, thr: np.ndarray) -> d
     pred = data.scores >= thr
     m = set_metrics(data.y_true, pred)
     ex = example_based(data.y_true, pred)
+    un = untagged_images(data.y_true, pred, data.categories)
     return {"name": name, "description": description, **_prf_dict(m),
             "example_f1": round(ex["f1"], 6), "example_jaccard": round(ex["jaccard"], 6),
+            "exact_match": round(ex["exact_match"], 6),
+            "untagged_clean": None if un["clean"] is None else round(un["clean"], 6),
             "tags_per_image": round(float(pred.sum(1).mean()), 3)}
 
 
@@ -106,6 +113,7 @@ def summarize(data: EvalData, metadata: ModelMetadata, options: ThresholdOptions
     support = y.sum(0)
     has = support > 0
     ex = example_based(y, pred)
+    untagged = untagged_images(y, pred, data.categories)
 
     # Sweeps see only covered tags' scores; uncovered columns get -inf (never above a threshold).
     s_sweep = np.where(cov[None, :], s, -np.inf).astype(np.float32)
@@ -190,6 +198,7 @@ def summarize(data: EvalData, metadata: ModelMetadata, options: ThresholdOptions
                      "tags_per_image_predicted": round(float(pred.sum(1).mean()), 3)},
         "f1_at_pr": pr,
         "example_based": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in ex.items()},
+        "images_without_tags": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in untagged.items()},
         "strategies": strategies,
         "categories": categories,
         "rating": rating_metrics(data),
