@@ -285,9 +285,10 @@ def test_process_decoding_equals_thread_decoding(tiny_model, real_images, tmp_pa
 
 #: Device decoding vs THE CPU preprocessing (exact mode), in uint8 levels: Pillow's fixed-point
 #: weights differ from the float ones by at most 2 levels; large sources use torch's antialiased
-#: bicubic where the CPU path uses JPEG draft mode, looser by nature.
+#: bicubic where the CPU path uses JPEG draft mode (measured on a 2400x1800 source at 448 px: device
+#: 4 levels max / 0.026 mean from exact; draft mode 13 / 0.36).
 PIXEL_TOL = {"max": 2, "mean": 0.02}
-LARGE_TOL = {"max": 24, "mean": 0.6}
+LARGE_TOL = {"max": 10, "mean": 0.05}
 
 
 def test_device_decoding_matches_the_cpu_preprocessing(real_images, tmp_path):
