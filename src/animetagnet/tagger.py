@@ -7,6 +7,7 @@ window so memory stays flat, and results come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -96,6 +97,7 @@ class Tagger:
             raise UsageError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
         if decoder == "gpu" and self.backend.backend != "torch":
             raise UsageError("--decoder gpu decodes on the torch backend's device; add --backend torch")
+        self._pool: tuple[int, ProcessPoolExecutor] | None = None
         self.decoder = decoder if decoder != "auto" else "processes" if self.device.device == "cuda" else "threads"
         self.exact = exact
         self.max_pixels = max_pixels
@@ -202,13 +204,10 @@ class Tagger:
             ready.clear()
 
         if self.decoder == "processes":
-            import multiprocessing
-
-            # forkserver: never fork a process that holds onnxruntime/CUDA threads.
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+            pool, scope = self._process_pool(workers), contextlib.nullcontext()
         else:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-        with pool:
+            pool = scope = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        with scope:
             it = iter(paths)
             exhausted = False
             while True:
@@ -227,8 +226,22 @@ class Tagger:
             if ready:
                 yield from flush()
 
+    def _process_pool(self, workers: int) -> ProcessPoolExecutor:
+        """The decoding processes, started once per Tagger (a Ray replica tags many batches)."""
+        if self._pool is None or self._pool[0] != workers:
+            import multiprocessing
+
+            if self._pool is not None:
+                self._pool[1].shutdown(cancel_futures=True)
+            # forkserver: never fork a process that holds onnxruntime/CUDA threads.
+            self._pool = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")))
+        return self._pool[1]
+
     def close(self) -> None:
-        """Free the model (onnxruntime session and its memory)."""
+        """Free the model (onnxruntime session or torch module and its memory) and the decoding processes."""
+        if self._pool is not None:
+            self._pool[1].shutdown(cancel_futures=True)
+            self._pool = None
         self.predictor.close()
 
     def __enter__(self) -> "Tagger":
