@@ -334,3 +334,31 @@ def test_gpu_decoder_cpu_fallback_matches_and_keeps_order(timm_repo, real_images
     # Pixels within 2 levels (mean < 0.02) move these spread-out (40x-scaled head) probabilities by a little.
     assert max(diffs) <= 0.02, diffs
     assert diffs[5] <= TOL  # the PNG went through the very same CPU code
+
+
+def test_service_and_ray_replica_run_the_torch_backend(timm_repo, real_images):
+    """The HTTP service and a Ray replica take the same ModelOptions and give the onnxruntime results."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from animetagnet.distributed.replica import TaggerReplica
+    from animetagnet.formatting import TagFilter
+    from animetagnet.options import ModelOptions, ThresholdOptions
+    from animetagnet.serve.app import create_app
+
+    opts = ModelOptions(model=str(timm_repo), backend="torch", device="cpu")
+    onnx_t = ModelOptions(model=str(timm_repo), backend="onnx", device="cpu").load()
+    want = onnx_t.tag(real_images[0]).to_dict()
+    with TestClient(create_app(opts.load(), max_wait_ms=2)) as client:
+        info = client.get("/v1/model").json()
+        assert info["backend"].startswith("backend torch") and info["device"] == "cpu"
+        data = real_images[0].read_bytes()
+        body = client.post("/v1/tag", files=[("files", ("a.jpg", data, "image/jpeg"))]).json()
+    got = body["results"][0]
+    assert got["rating"] == want["rating"]
+    assert json.dumps(got["tags"], sort_keys=True) == json.dumps(want["tags"], sort_keys=True)
+    import pickle
+
+    replica = TaggerReplica(opts, ThresholdOptions(), TagFilter())
+    out = replica({"path": [str(p) for p in real_images[:2]]})
+    assert [pickle.loads(r).to_dict()["tags"] for r in out["result"]] == [onnx_t.tag(p).to_dict()["tags"] for p in real_images[:2]]
