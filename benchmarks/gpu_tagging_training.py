@@ -198,6 +198,26 @@ def train_dataset(dst: Path, posts: list[Path], n: int, n_tags: int = 1000) -> P
     return dst
 
 
+def loader_only(ds_dir: Path, size: int, cache_dir: Path, batch: int, workers: int) -> dict:
+    """Images/s the training input pipeline delivers with no model: per process (workers=0) and with `workers`."""
+    from animetagnet_train import cache, config, data
+
+    ds = data.open_dataset(ds_dir)
+    sp = ds.split("train")
+    aug = config.AugmentConfig(hflip=0.5)
+    out = {}
+    for w in (0, workers):
+        plain = data.TagDataset(sp, len(ds.vocab), size, aug)
+        cached = cache.CachedTagDataset(cache.CachedImages(cache_dir, "train", sp, size), sp, len(ds.vocab), aug)
+        for name, loader in (("decode", data.make_loader(plain, data.EpochSampler(len(sp.paths), 0, True), batch, w, False, True)),
+                             ("cache", cache.make_loader(cached, data.EpochSampler(len(sp.paths), 0, True), batch, w, False, True))):
+            n, t = 0, time.perf_counter()
+            for images, *_ in loader:
+                n += images.shape[0]
+            out[f"{name}_workers_{w}_images_per_s"] = round(n / (time.perf_counter() - t), 1)
+    return out
+
+
 def bench_training(cfg: dict, device: str, tmp: Path, posts: list[Path], workers: int) -> dict:
     from animetagnet_train import cache, config
     from animetagnet_train.train import train
@@ -210,6 +230,8 @@ def bench_training(cfg: dict, device: str, tmp: Path, posts: list[Path], workers
     out = {"backbone": cfg["train_backbone"], "size": size, "images": cfg["train_images"], "batch": cfg["train_batch"],
            "workers": workers, "source": "danbooru-512px JPEGs (repeated)",
            "cache_build": {"seconds": round(cache_s, 2), "images_per_s": round(sum(built["images"].values()) / cache_s, 1)}}
+    out["loader_only"] = loader_only(ds, size, tmp / "cache", cfg["train_batch"], workers)
+    print(f"loader only: {out['loader_only']}", file=sys.stderr, flush=True)
     common = [f"model.backbone={cfg['train_backbone']}", f"model.image_size={size}", f"train.device={device}",
               f"train.epochs={cfg['train_epochs']}", f"data.batch_size={cfg['train_batch']}", f"data.workers={workers}",
               "data.augment.hflip=0.5", "data.augment.rotate_degrees=0", "data.augment.resample=[bicubic]",
@@ -232,12 +254,16 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models and sizes (CPU, CI)")
     ap.add_argument("--device", default=None, help="cuda (default) or cpu (default with --smoke)")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes/threads (default: cores - 1)")
-    ap.add_argument("--only", choices=("tagging", "checks", "training"), default=None)
+    ap.add_argument("--only", choices=("tagging", "checks", "training", "loader"), default=None,
+                    help="one part; loader: the training input pipeline alone (no model, CPU is enough)")
+    ap.add_argument("--train-images", type=int, default=None, metavar="N", help="training images (default 12288)")
     a = ap.parse_args()
 
     import torch
 
-    cfg = SMOKE if a.smoke else FULL
+    cfg = dict(SMOKE if a.smoke else FULL)
+    if a.train_images:
+        cfg["train_images"] = a.train_images
     device = a.device or ("cpu" if a.smoke else "cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible to torch (use --smoke --device cpu for a dry run)")
@@ -261,6 +287,16 @@ def main() -> None:
             summary["vit_512px"] = {"model_only": vit["model_only_images_per_s"], "best_e2e": best[0], "decoder": best[1],
                                     "goal_e2e_ge_0.9x_and_1500": best[0] >= 0.9 * vit["model_only_images_per_s"]
                                     and best[0] >= 1500}
+        if a.only == "loader":
+            from animetagnet_train import cache
+
+            ds = train_dataset(tmp / "train-ds", posts, cfg["train_images"])
+            t = time.perf_counter()
+            built = cache.build(ds, cfg["train_size"], tmp / "cache", workers=workers, log=lambda m: None)
+            res = {"size": cfg["train_size"], "images": cfg["train_images"], "batch": cfg["train_batch"],
+                   "cache_build_images_per_s": round(sum(built["images"].values()) / (time.perf_counter() - t), 1),
+                   **loader_only(ds, cfg["train_size"], tmp / "cache", cfg["train_batch"], workers)}
+            write(a.out, "loader.json", res)
         if a.only in (None, "checks"):
             write(a.out, "checks.json", checks(cfg, device, tmp, posts))
         if a.only in (None, "training"):

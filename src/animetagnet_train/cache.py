@@ -247,9 +247,11 @@ class CachedTagDataset(torch.utils.data.Dataset):
     def __getitem__(self, indices):
         indices = list(indices)
         images = torch.from_numpy(self.images.take(indices))
-        targets = torch.zeros(len(indices), self.num_tags, dtype=torch.float32)
-        for row, i in enumerate(indices):
-            targets[row, torch.from_numpy(self.split.labels[i]).long()] = 1.0
+        labels = [self.split.labels[i] for i in indices]
+        targets = np.zeros((len(indices), self.num_tags), dtype=np.float32)
+        targets[np.repeat(np.arange(len(indices)), [len(lab) for lab in labels]),
+                np.concatenate(labels).astype(np.int64) if labels else []] = 1.0
+        targets = torch.from_numpy(targets)
         if self.aug is None:
             return images, targets
         params = np.stack([draw_params(self.aug, self.images.size, self.seed, self.epoch, i) for i in indices])
