@@ -362,3 +362,18 @@ def test_service_and_ray_replica_run_the_torch_backend(timm_repo, real_images):
     replica = TaggerReplica(opts, ThresholdOptions(), TagFilter())
     out = replica({"path": [str(p) for p in real_images[:2]]})
     assert [pickle.loads(r).to_dict()["tags"] for r in out["result"]] == [onnx_t.tag(p).to_dict()["tags"] for p in real_images[:2]]
+
+
+@pytest.mark.parametrize("src,dst", [(512, 448), (300, 448), (897, 448), (130, 64), (64, 64)])
+def test_device_resize_weights_are_pillows(src, dst):
+    """The closed-form weights equal what Pillow applies (each unit impulse resized in float mode)."""
+    from PIL import Image
+
+    from animetagnet.torch_backend import _pillow_matrix
+
+    ref = np.zeros((dst, src), dtype=np.float32)
+    for j in range(src):
+        line = np.zeros((1, src), dtype=np.float32)
+        line[0, j] = 1.0
+        ref[:, j] = np.asarray(Image.fromarray(line, mode="F").resize((dst, 1), Image.BICUBIC))[0]
+    assert np.abs(_pillow_matrix(src, dst, torch.device("cpu")).numpy() - ref).max() <= 1e-6

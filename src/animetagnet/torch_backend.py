@@ -326,19 +326,29 @@ _matrices: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
 def _pillow_matrix(src: int, dst: int, device: torch.device) -> torch.Tensor:
-    """[dst, src] float32 weights of Pillow's BICUBIC resize (antialiased when shrinking), cached per device."""
-    key = (src, dst, str(device))
-    if key not in _matrices:
-        from PIL import Image
+    """[dst, src] float32 weights of Pillow's BICUBIC resize (a = -0.5, antialiased when shrinking), cached.
 
-        # Resizing each unit impulse in float mode (no rounding) gives Pillow's own weights, column by column.
-        m = np.zeros((dst, src), dtype=np.float32)
-        for j in range(src):
-            line = np.zeros((1, src), dtype=np.float32)
-            line[0, j] = 1.0
-            m[:, j] = np.asarray(Image.fromarray(line, mode="F").resize((dst, 1), Image.BICUBIC))[0]
-        _matrices[key] = torch.from_numpy(m).to(device)
-    return _matrices[key]
+    Pillow's `precompute_coeffs` in closed form, computed on the device (datasets have many source
+    sizes); equal to the weights Pillow itself applies in float mode (tests compare pixels)."""
+    key = (src, dst, str(device))
+    m = _matrices.get(key)
+    if m is None:
+        a = -0.5
+        scale = src / dst
+        fs = max(scale, 1.0)
+        center = (torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * scale
+        lo = torch.clamp(torch.trunc(center - 2.0 * fs + 0.5), min=0)
+        hi = torch.clamp(torch.trunc(center + 2.0 * fs + 0.5), max=src)
+        j = torch.arange(src, dtype=torch.float64, device=device)[None, :]
+        x = ((j - center[:, None] + 0.5) / fs).abs()
+        w = torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                        torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
+        w = torch.where((j >= lo[:, None]) & (j < hi[:, None]), w, torch.zeros_like(w))
+        m = (w / w.sum(dim=1, keepdim=True)).float()
+        if len(_matrices) > 512:  # many source sizes: keep memory bounded
+            _matrices.clear()
+        _matrices[key] = m
+    return m
 
 
 #: Above this source/target ratio the CPU path decodes JPEGs in draft mode (a DCT-domain shortcut),
