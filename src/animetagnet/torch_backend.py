@@ -441,6 +441,7 @@ def iter_gpu_decoded(tagger, paths: Iterable[str | os.PathLike], *, workers: int
 
         submit()
         submit()
+        previous = None
         while window:
             chunk, futs = window.popleft()
             submit()
@@ -464,13 +465,25 @@ def iter_gpu_decoded(tagger, paths: Iterable[str | os.PathLike], *, workers: int
                 if it.error is None:
                     tensors[i] = pred.to_device(it.array)
             order = sorted(tensors)
-            probs = pred.run_tensor(torch.stack([tensors[i] for i in order])).cpu().numpy() if order else None
-            row = {i: probs[k] for k, i in enumerate(order)}  # type: ignore[index]
-            for i, p in enumerate(chunk):
-                if i in row:
-                    yield LoadedImage(p, None), row[i]
-                else:
-                    yield loaded[i], None
+            # Queued on the device; the previous batch's results are handed out while this one runs.
+            probs = pred.run_tensor(torch.stack([tensors[i] for i in order])) if order else None
+            if previous is not None:
+                yield from _emit(*previous)
+            previous = (chunk, loaded, order, probs)
+        if previous is not None:
+            yield from _emit(*previous)
+
+
+def _emit(chunk, loaded, order, probs):
+    from .tagger import LoadedImage
+
+    probs = probs.cpu().numpy() if probs is not None else None
+    row = {i: probs[k] for k, i in enumerate(order)}  # type: ignore[index]
+    for i, p in enumerate(chunk):
+        if i in row:
+            yield LoadedImage(p, None), row[i]
+        else:
+            yield loaded[i], None
 
 
 def _inspect_cpu(path: str, size: int, tagger):
