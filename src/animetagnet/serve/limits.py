@@ -101,18 +101,25 @@ class PartSizes:
     def feed(self, chunk: bytes) -> bool:
         """False once a part is longer than the limit."""
         d, n = self.delimiter, len(self.delimiter)
+        ok = True
         if self.tail:
             seam = self.tail + chunk[: n - 1]
             i = seam.find(d)
             if 0 <= i < len(self.tail):
-                self.part_start = self.offset - len(self.tail) + i + n
+                ok = self._delimiter_at(self.offset - len(self.tail) + i)
         i = chunk.find(d)
         while i >= 0:
-            self.part_start = self.offset + i + n
+            ok = self._delimiter_at(self.offset + i) and ok
             i = chunk.find(d, i + n)
         self.offset += len(chunk)
         self.tail = (self.tail + chunk)[-(n - 1):] if len(chunk) < n - 1 else chunk[-(n - 1):]
-        return self.offset - self.part_start <= self.limit
+        return ok and self.offset - self.part_start <= self.limit
+
+    def _delimiter_at(self, position: int) -> bool:
+        """A part ends at `position`: was it within the limit?"""
+        ok = position - self.part_start <= self.limit
+        self.part_start = position + len(self.delimiter)
+        return ok
 
 
 class BodyLimitMiddleware:
