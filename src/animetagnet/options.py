@@ -452,6 +452,8 @@ class ServeOptions(OptionGroup):
         split=",", metavar="ORIGIN", http=False)
     max_inflight_mb: float = option(256.0, "request bodies in flight across all requests, at most (default 256 MiB; "
                                            "beyond it uploads get 503 with Retry-After)", metavar="MB", gt=0, http=False)
+    max_queue: int = option(1024, "decoded images waiting for the model, at most (default 1024; each holds "
+                                  "12 x input size^2 bytes); beyond it uploads get 503", metavar="N", ge=1, http=False)
     max_connections: int = option(512, "open connections at most (default 512); beyond it the longest-idle one is "
                                        "closed, or the new one refused with 503", metavar="N", ge=1, http=False)
     header_timeout: float = option(10.0, "seconds a client has to send a complete request head, from connecting or "
@@ -471,7 +473,7 @@ class ServeOptions(OptionGroup):
 
         return Limits(max_request_bytes=int(self.max_request_mb * MiB), max_file_bytes=int(self.max_upload_mb * MiB),
                       max_files=self.max_files, request_timeout=self.request_timeout,
-                      max_inflight_bytes=int(self.max_inflight_mb * MiB))
+                      max_inflight_bytes=int(self.max_inflight_mb * MiB), max_queue=self.max_queue)
 
     def connection_limits(self):
         """The server's connection settings (serve/connections.py)."""
