@@ -322,7 +322,7 @@ def uploads(model: str, name: str, data: bytes, n: int, args: list[str], chunked
             "max_sent_mb_before_answer": mb(max(r["sent_bytes"] for r in results)),
             "server_rss_before_mb": mb(base), "server_peak_rss_mb": mb(max(sampler.peak, proc_status(srv.pid)["VmHWM"])),
             "server_peak_over_idle_mb": mb(max(sampler.peak, proc_status(srv.pid)["VmHWM"]) - base),
-            "inflight_budget": {k: (mb(v) if k != "refused" else v) for k, v in stats["inflight_bytes"].items()},
+            "inflight_budget": {k: (mb(v) if k != "refused" else v) for k, v in stats.get("inflight_bytes", {}).items()},
             "wall_s": round(time.perf_counter() - t0, 2),
         }
     finally:

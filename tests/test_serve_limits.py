@@ -328,7 +328,7 @@ def test_concurrent_big_uploads_beyond_the_budget_get_503_with_retry_after(tagge
 # --- the command line and the logs -----------------------------------------------------
 def test_connection_cap_fits_the_file_limit():
     fitted, warning = fit_connections(ConnectionLimits(max_connections=5000), 1024)
-    assert fitted.max_connections == 1024 - 128 and "ulimit -n" in warning
+    assert fitted.max_connections == 1024 - 256 - 128 and "ulimit -n" in warning
     same, none = fit_connections(ConnectionLimits(max_connections=100), 1024)
     assert same.max_connections == 100 and none is None
 
