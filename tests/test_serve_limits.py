@@ -344,3 +344,23 @@ def test_repeated_log_lines_are_held_back():
     f.seen[("asyncio", "socket.accept() out of system resource")][0] -= 61
     last = rec()
     assert f.filter(last) and "999 more like this" in last.msg
+
+
+def test_websocket_scopes_get_the_host_rule_too():
+    import asyncio
+
+    from animetagnet.serve.security import SecurityMiddleware
+
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["type"])
+
+    async def send(msg):
+        sent.append(msg)
+
+    mw = SecurityMiddleware(app)
+    asyncio.run(mw({"type": "websocket", "headers": [(b"host", b"attacker.example")]}, None, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []
+    asyncio.run(mw({"type": "websocket", "headers": [(b"host", b"localhost:8000")]}, None, send))
+    assert reached == ["websocket"]
