@@ -349,7 +349,7 @@ def test_service_and_ray_replica_run_the_torch_backend(timm_repo, real_images):
     opts = ModelOptions(model=str(timm_repo), backend="torch", device="cpu")
     onnx_t = ModelOptions(model=str(timm_repo), backend="onnx", device="cpu").load()
     want = onnx_t.tag(real_images[0]).to_dict()
-    with TestClient(create_app(opts.load(), max_wait_ms=2)) as client:
+    with TestClient(create_app(opts.load(), max_wait_ms=2), base_url="http://localhost") as client:
         info = client.get("/v1/model").json()
         assert info["backend"].startswith("backend torch") and info["device"] == "cpu"
         data = real_images[0].read_bytes()
