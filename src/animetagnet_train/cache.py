@@ -107,7 +107,9 @@ def build(dataset_dir: str | Path, size: int, cache_dir: str | Path | None = Non
                 "dataset": str(ds.root.resolve()), "shard_images": SHARD_IMAGES, "splits": {}}
     item_bytes = size * size * 3
     built = kept = 0
-    workers = workers or min(8, os.cpu_count() or 1)
+    from animetagnet.predict import usable_cores
+
+    workers = workers or min(8, usable_cores())
     if workers > 1:
         import multiprocessing
 
