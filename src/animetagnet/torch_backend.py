@@ -112,18 +112,16 @@ def load(path: Path, *, device: str = "auto", precision: str | None = None, thre
         bundle, module, size = _load_run(path)
     else:
         bundle, module, size = _load_export(path)
-    n_out = _count_outputs(module, size)
+    pred = TorchPredictor(module, size, dev, precision or default_precision(dev), kind)
+    # One image through the network, on its device: the output count the label file must match.
+    n_out = int(pred.run_tensor(torch.full((1, size, size, 3), 128, dtype=torch.uint8, device=dev)).shape[1])
     if n_out != len(bundle.vocab):
         raise ModelError(f"{path}: the network has {n_out} outputs but {LABELS_FILE} lists {len(bundle.vocab)} tags; "
                          "the label file does not belong to this model")
+    pred.num_outputs = n_out
     # Our predictor returns probabilities whatever animetagnet.json says about the ONNX file's outputs.
     bundle.metadata.outputs = "probabilities"
-    return bundle, TorchPredictor(module, size, n_out, dev, precision or default_precision(dev), kind)
-
-
-def _count_outputs(module: nn.Module, size: int) -> int:
-    with torch.inference_mode():
-        return int(module.eval()(torch.full((1, size, size, 3), 128, dtype=torch.uint8)).shape[1])
+    return bundle, pred
 
 
 def _load_timm(path: Path):
@@ -175,18 +173,18 @@ def _load_timm(path: Path):
 
 def _train_modules():
     try:
-        from animetagnet_train import checkpoint, config, export, model, wdgraph
+        from animetagnet_train import export, wdgraph
     except ImportError as exc:
         raise ModelError(f"loading a training run needs the training modules and their dependencies ({exc}); "
                          "pip install 'animetagnet[torch]'") from None
-    return checkpoint, config, export, model, wdgraph
+    return export, wdgraph
 
 
 def _load_run(run_dir: Path):
     """A run directory: its best weights (else last) in the export graph, with the export's label plan."""
     from animetagnet_train.errors import TrainingError
 
-    checkpoint, config, export, model, wdgraph = _train_modules()
+    export, wdgraph = _train_modules()
     weights = "best" if (run_dir / "checkpoints" / "best.safetensors").is_file() else "last"
     try:
         cfg, run_vocab, net, _ = export.load_run(run_dir, weights)
@@ -223,7 +221,7 @@ def _load_export(out_dir: Path):
     """An export: the run it names, in the graph export built (same label plan, same input size)."""
     from animetagnet_train.errors import TrainingError
 
-    checkpoint, config, export, model, wdgraph = _train_modules()
+    export, wdgraph = _train_modules()
     bundle = ModelBundle.read(out_dir)
     meta = bundle.metadata
     prov, pre = meta.provenance, meta.preprocessing
@@ -269,8 +267,7 @@ class TorchPredictor:
     wire_dtype = np.uint8
     fixed_batch: int | None = None
 
-    def __init__(self, module: nn.Module, input_size: int, num_outputs: int, device: torch.device, precision: str,
-                 kind: str):
+    def __init__(self, module: nn.Module, input_size: int, device: torch.device, precision: str, kind: str):
         if precision not in ("fp32", *AUTOCAST):
             raise DeviceError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -278,7 +275,7 @@ class TorchPredictor:
         self.torch_device = device
         self.precision = precision
         self.input_size = input_size
-        self.num_outputs = num_outputs
+        self.num_outputs: int | None = None  # set by `load` from a first run
         self.kind = kind
         self.channels_last = device.type == "cuda"
         module = module.eval().to(device)
