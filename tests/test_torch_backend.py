@@ -178,6 +178,7 @@ def test_auto_without_a_gpu_says_it_runs_onnxruntime_on_cpu(tiny_model):
     text = t.describe()
     assert "backend onnx (auto: onnxruntime has no CUDA provider" in text and "-> CPU" in text
     assert "threads decoding" in text
+    assert "--precision bf16 unused" in Tagger(tiny_model, precision="bf16").describe()
 
 
 def test_auto_prefers_torch_cuda_when_onnxruntime_has_no_cuda(timm_repo, monkeypatch):

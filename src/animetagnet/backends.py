@@ -110,7 +110,14 @@ def open_model(model=None, *, backend: str = "auto", device: str = "auto", preci
         bundle, pred = _open_onnx(model, device, threads, spin, cache_dir)
         return bundle, pred, Choice("onnx", "asked for")
 
-    # auto
+    bundle, pred, choice = _auto(model, device, precision, threads, spin, cache_dir)
+    if choice.backend == "onnx" and precision not in (None, "fp32"):
+        # Never silently: the precision asked for is not what runs.
+        choice = Choice("onnx", f"{choice.reason}; --precision {precision} unused: onnxruntime runs the file's own precision")
+    return bundle, pred, choice
+
+
+def _auto(model, device, precision, threads, spin, cache_dir):
     local = _local_dir(model)
     kind = torch_kind(local) if local is not None else None
     has_onnx = local is None or (local / MODEL_FILE).is_file() or isinstance(model, ModelBundle)
