@@ -145,3 +145,17 @@ def test_scenes_recipe_learns_a_few_dozen_scenes(shared_data, tmp_path):
     prevalence = np.mean([[c in r["tags"] for c in CHARACTERS] for r in val])
     # mAP of a scorer that knows nothing is about the prevalence; the recipe must be well above it.
     assert res.best["val_map"] > max(0.75, prevalence + 0.25), (res.best, prevalence)
+
+
+def test_cached_training_draws_the_same_border_crop():
+    """data.cache crops on the device from drawn boxes: the scenes crop must be the same bounded one."""
+    from animetagnet_train import cache
+    from animetagnet_train.data import sample_rng
+
+    aug = config_mod.load(SCENES_CFG).data.augment
+    size, limit = 128, int(aug.crop_border * 128)
+    for i in range(200):
+        flip, y0, x0, ch, cw = cache.draw_params(aug, size, 0, 1, i).tolist()
+        left, top, right, bottom = border_crop_box(size, size, aug.crop_border, sample_rng(0, 1, i))
+        assert (x0, y0, x0 + cw, y0 + ch) == (left, top, right, bottom)
+        assert max(x0, y0, size - x0 - cw, size - y0 - ch) <= limit

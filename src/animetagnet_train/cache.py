@@ -215,14 +215,17 @@ def check_augment(aug: AugmentConfig) -> None:
 
 def draw_params(aug: AugmentConfig | None, size: int, seed: int, epoch: int, index: int) -> np.ndarray:
     """[flip, y0, x0, h, w] of one sample, drawn in `data.augment`'s order from its generator."""
-    from .data import sample_rng
+    from .data import border_crop_box, sample_rng
 
     if aug is None:
         return np.array([0, 0, 0, size, size], dtype=np.int32)
     rng = sample_rng(seed, epoch, index)
     y0, x0, ch, cw = 0, 0, size, size
     lo, hi = aug.crop_scale
-    if hi < 1.0 or lo < 1.0:
+    if aug.crop_border > 0:  # the label-safe crop for scenes (data.border_crop_box), on the cached square
+        x0, y0, x1, y1 = border_crop_box(size, size, aug.crop_border, rng)
+        cw, ch = x1 - x0, y1 - y0
+    elif hi < 1.0 or lo < 1.0:
         area = rng.uniform(lo, hi)
         log_r = rng.uniform(math.log(0.9), math.log(1.0 / 0.9))
         cw = min(size, max(1, round(size * math.sqrt(area * math.exp(log_r)))))
