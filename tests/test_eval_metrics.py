@@ -16,6 +16,7 @@ from animetagnet.evaluation.metrics import (
     per_tag_average_precision,
     set_metrics,
     sweep,
+    untagged_images,
 )
 
 # 3 images x 4 tags; tag 3 has no positives (excluded from macro averages).
@@ -201,3 +202,16 @@ def test_best_cut_is_optimal_against_sklearn():
         brute = max(sk.fbeta_score(y, s >= c, beta=beta, zero_division=0) for c in np.unique(s))
         assert fb == pytest.approx(brute)
         assert sk.fbeta_score(y, s >= t, beta=beta, zero_division=0) == pytest.approx(brute)
+
+
+def test_images_without_tags_count_every_prediction_as_false():
+    # 4 images x 3 tags (general, character, character); images 1 and 3 have no true tag.
+    y = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=bool)
+    p = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 0], [0, 0, 0]], dtype=bool)
+    out = untagged_images(y, p, np.array([0, 4, 4]))
+    assert out["images"] == 2 and out["clean"] == 0.5 and out["images_with_a_false_tag"] == 1
+    assert out["false_tags_per_image"] == 1.0
+    assert out["false_by_category"] == {"general": {"false_tags": 0, "images_with_a_false_tag": 0},
+                                        "character": {"false_tags": 2, "images_with_a_false_tag": 1}}
+    none = untagged_images(y[[0, 2]], p[[0, 2]], np.array([0, 4, 4]))
+    assert none["images"] == 0 and none["clean"] is None
