@@ -22,6 +22,7 @@ VERB_MODULES = (
     "animetagnet_train.cli",
     "animetagnet.evaluation.cli",
     "animetagnet.serve.cli",
+    "animetagnet.serve.review.cli",
 )
 
 
