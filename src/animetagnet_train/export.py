@@ -282,6 +282,8 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         if not dataset_dir:
             raise TrainingError(f"{run_dir}: no dataset recorded; pass --dataset")
     ds = data.open_dataset(dataset_dir)
+    if ds.vocab.names != run_vocab.names and set(ds.vocab.names) <= set(run_vocab.names):
+        ds = data.with_vocabulary(ds, run_vocab)  # a fine-tuned run: the checkpoint's tags plus the dataset's
     if ds.vocab.names != run_vocab.names:
         raise TrainingError(f"{dataset_dir}: vocabulary differs from the run's ({len(ds.vocab)} vs {len(run_vocab)} tags)")
     rating_idx = set(run_vocab.indices(Category.RATING).tolist())

@@ -218,6 +218,9 @@ class Trainer:
         if t_cfg.threads > 0:
             torch.set_num_threads(t_cfg.threads)
         ds = data.open_dataset(dataset_dir)
+        if cfg.model.init_from and cfg.model.extend_vocab:
+            # Fine-tuning keeps every output of the checkpoint and adds the dataset's new tags.
+            ds = data.with_vocabulary(ds, model_mod.init_vocabulary(cfg.model.init_from, ds.vocab))
         self.vocab = vocab = ds.vocab
         if "val" not in ds.splits:
             raise TrainingError(f"{dataset_dir}: val.jsonl is missing (needed to pick the best checkpoint)")

@@ -152,8 +152,11 @@ function closeViewer() {
 
 // The reviewer's decisions: tags the model selects that the caption lacks, then caption tags the model does not select.
 function disagreements(item) {
-  const modelOnly = item.model.filter((m) => m.mark === "model").map((m) => ({tag: m.tag, where: "model", m}));
-  const captionOnly = item.caption.filter((c) => c.mark === "caption").map((c) => ({tag: c.tag, where: "caption", c}));
+  // Already decided ones (a rejected suggestion, an accepted caption tag) are skipped.
+  const modelOnly = item.model.filter((m) => m.mark === "model" && m.verdict !== "reject")
+    .map((m) => ({tag: m.tag, where: "model", m}));
+  const captionOnly = item.caption.filter((c) => c.mark === "caption" && c.verdict !== "accept")
+    .map((c) => ({tag: c.tag, where: "caption", c}));
   return modelOnly.concat(captionOnly);
 }
 
