@@ -241,3 +241,16 @@ def test_review_report_and_recalibrated_thresholds(folder, model, tmp_path):
                        env=env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no image was reviewed" in r.stderr and "Traceback" not in r.stderr
     shutil.rmtree(empty)
+
+
+def test_the_review_server_has_the_services_host_and_origin_rules(folder, model):
+    with ReviewServer(folder, model) as srv:
+        it = srv.item_by_name("img0.jpg")
+        body = {"version": it["version"], "op": "add", "tag": "evil"}
+        r = srv.post(f"/v1/review/items/{it['id']}/edit", json=body, headers={"Origin": "http://attacker.example"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"
+        r = srv.get("/v1/review/items", headers={"Host": "attacker.example"})   # DNS rebinding
+        assert r.status_code == 400 and r.json()["error"]["code"] == "untrusted_host"
+        assert "evil" not in caption(folder, "img0.txt")
+        r = srv.post(f"/v1/review/items/{it['id']}/edit", json=body, headers={"Origin": srv.url})   # the page itself
+        assert r.status_code == 200 and "evil" in caption(folder, "img0.txt")

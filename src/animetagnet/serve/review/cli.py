@@ -41,7 +41,7 @@ def register(sub) -> None:
                    help="do not run the model over the folder (cached suggestions are still shown)")
     ModelOptions.add_arguments(p, skip=("workers",))
     ThresholdOptions.add_arguments(p, only=("general", "character", "preset"))
-    ServeOptions.add_arguments(p, only=("host", "port", "log_level"))
+    ServeOptions.add_arguments(p, only=("host", "port", "log_level", "allowed_host", "allowed_origin"))
     p.set_defaults(func=run_review)
 
     r = sub.add_parser("review-report", help="precision/recall of the model's suggestions as reviewed; re-calibrated thresholds",
@@ -83,22 +83,33 @@ def run_review(args) -> int:
         raise UsageError("review needs the 'serve' extra (uvicorn is missing): pip install 'animetagnet[serve]'") from None
     from ...options import ServeOptions
     from ..cli import _is_loopback
+    from ..connections import fit_connections, raise_file_limit, server_config
+    from ..security import normalize_origin, trusted_hosts
     from .routes import create_review_app
 
     opts = ServeOptions.from_args(args)
+    for origin in opts.allowed_origin:
+        if origin != "*" and normalize_origin(origin) is None:
+            raise UsageError(f"--allowed-origin takes scheme://host[:port] (e.g. https://app.example.com), not {origin!r}")
+    connections, lowered = fit_connections(opts.connection_limits(), raise_file_limit())
     tagger, session = _session(args, args.suggest)
     s = session.scan_report
     print(f"animetagnet: {tagger.describe()}; {s['images']} images in {session.root} ({s['missing_captions']} without "
-          f"caption, {s['unreadable_captions']} unreadable captions, {s['unreadable_images']} unreadable images, "
-          f"{s['reloaded']} captions changed on disk since the last session); journal {session.db_path}",
-          file=sys.stderr)
+          f"caption, {s['unreadable_captions']} unreadable captions, {s['reloaded']} captions changed on disk since "
+          f"the last session); journal {session.db_path}", file=sys.stderr)
+    if lowered:
+        print(f"animetagnet: warning: {lowered}", file=sys.stderr)
     if not _is_loopback(opts.host):
         print(f"animetagnet: warning: listening on {opts.host}: the review server has no authentication and "
               "writes into the folder", file=sys.stderr)
-    app = create_review_app(session, tagger, limits=opts.limits())
+    # The tagging service's app: the same limits, error shape, trusted hosts and same-origin writes.
+    app = create_review_app(session, tagger, limits=opts.limits(),
+                            allowed_hosts=trusted_hosts(opts.host, opts.allowed_host),
+                            allowed_origins=opts.allowed_origin)
     print(f"animetagnet: review page http://{opts.host}:{opts.port}/review", file=sys.stderr)
     try:
-        uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level, timeout_keep_alive=5)
+        uvicorn.Server(server_config(app, host=opts.host, port=opts.port, limits=connections,
+                                     log_level=opts.log_level)).run()
     finally:
         session.close()
     return 0
