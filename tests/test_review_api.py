@@ -254,3 +254,15 @@ def test_the_review_server_has_the_services_host_and_origin_rules(folder, model)
         assert "evil" not in caption(folder, "img0.txt")
         r = srv.post(f"/v1/review/items/{it['id']}/edit", json=body, headers={"Origin": srv.url})   # the page itself
         assert r.status_code == 200 and "evil" in caption(folder, "img0.txt")
+
+
+def test_without_model_runs_unreadable_images_are_still_listed_with_their_reason(folder):
+    from animetagnet.serve.review.session import Filter, ReviewSession
+
+    session = ReviewSession(folder, None, db=folder.parent / "j.db")
+    try:
+        items = {it["name"]: it for it in session.list_items(Filter.make(problems=True))["items"]}
+        assert "not an image" in items["broken.jpg"]["problem"]
+        assert not (folder / ".animetagnet-review.db").exists()      # --db elsewhere: nothing written into DIR
+    finally:
+        session.close()

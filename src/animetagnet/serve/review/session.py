@@ -240,8 +240,7 @@ class ReviewSession:
                             image_error = old["image_error"]
                         else:
                             digest = sha1_of(str(path))
-                        if size == 0:
-                            image_error = "empty file"
+                            image_error = self._header_error(path)
                     except OutsideFolder as exc:
                         image_error, cap_path = str(exc), None
                     except OSError as exc:
@@ -277,6 +276,18 @@ class ReviewSession:
             self._load_scores()
             self.scan_report = report
             return report
+
+    def _header_error(self, path: Path) -> str | None:
+        """Why the image cannot be read, from its header (the full decode happens when the model runs)."""
+        from ...errors import ImageError
+        from ...images import open_image
+
+        max_pixels = self.tagger.max_pixels if self.tagger is not None else None
+        try:
+            open_image(str(path), max_pixels=max_pixels).close()
+        except ImageError as exc:
+            return exc.reason
+        return None
 
     # --- model view of an item -------------------------------------------------
     def model_tags(self, it: Item) -> tuple[str | None, dict[str, float], set[str]] | None:
