@@ -73,7 +73,7 @@ def copy_scene(src: Path, dst_dir: Path, with_caption: bool) -> None:
         shutil.copyfile(src.with_suffix(".txt"), dst_dir / (src.stem + ".txt"))
 
 
-def build_weak(scenes: Path, work: Path, n_train: int, epochs: int, table: Path, timings: dict) -> Path:
+def build_weak(scenes: Path, work: Path, n_train: int, epochs: int, size: int, table: Path, timings: dict) -> Path:
     model = work / "models" / "weak"
     if (model / "model.onnx").is_file():
         return model
@@ -93,9 +93,25 @@ def build_weak(scenes: Path, work: Path, n_train: int, epochs: int, table: Path,
         log=work / "logs" / "prepare-weak.log")
     timings["weak_train_s"] = cli("train", str(ds), "--out", str(work / "runs" / "weak"), "--config",
                                   str(ROOT / "configs" / "faces-cpu.yaml"), "--set", f"train.epochs={epochs}",
-                                  "--set", "data.batch_size=32", "--set", "train.threads=2", "--set", "data.workers=1",
+                                  "--set", f"model.image_size={size}", "--set", "data.batch_size=32", "--set", "train.threads=2", "--set", "data.workers=1",
                                   "--no-progress", log=work / "logs" / "train-weak.log")
     cli("export", str(work / "runs" / "weak"), "--out", str(model), "--parity-images", "4",
+        log=work / "logs" / "export-weak.log")
+    return model
+
+
+def adopt_run(run: Path, work: Path) -> Path:
+    """Use an existing (partly trained) run as the weak model: copied, then exported from the copy."""
+    model = work / "models" / "weak"
+    if (model / "model.onnx").is_file():
+        return model
+    dst = work / "runs" / "weak"
+    (dst / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "selected_tags.csv", "run.json", "metrics.jsonl", "metrics.csv"):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, dst / name)
+    shutil.copyfile(run / "checkpoints" / "best.safetensors", dst / "checkpoints" / "best.safetensors")
+    cli("export", str(dst), "--out", str(model), "--parity-images", "4", "--max-eval-images", "300",
         log=work / "logs" / "export-weak.log")
     return model
 
@@ -211,17 +227,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", default="/work/review-scenes", help="make_scenes.py output (train/ and test/)")
     ap.add_argument("--work", default="/work/review-bench")
-    ap.add_argument("--weak-train", type=int, default=400, help="training scenes of the weak model")
+    ap.add_argument("--weak-train", type=int, default=1000, help="training scenes of the weak model")
     ap.add_argument("--weak-epochs", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=128, help="network input of the weak model (and the fine-tune)")
     ap.add_argument("--sample", type=int, default=400, help="scenes the reviewer corrects")
     ap.add_argument("--rest", type=int, default=800, help="held-out scenes the models are measured on")
+    ap.add_argument("--base-run", metavar="RUN_DIR", help="an existing partly trained scenes run as the weak model "
+                    "(instead of training one); its vocabulary has every character")
+    ap.add_argument("--finetune-lr", type=float, default=0.001)
     ap.add_argument("--finetune-epochs", type=int, default=4)
+    ap.add_argument("--control", action="store_true",
+                    help="also fine-tune on the weak model's unreviewed captions of the same scenes")
     args = ap.parse_args()
     scenes, work = Path(args.scenes), Path(args.work)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     table = Path(os.environ.get("ANIMETAGNET_DATA", ROOT.parent / "shared" / "data")) / "tags" / "danbooru_tags.csv"
     timings: dict = {}
-    weak = build_weak(scenes, work, args.weak_train, args.weak_epochs, table, timings)
+    if args.base_run:
+        weak = adopt_run(Path(args.base_run), work)
+    else:
+        weak = build_weak(scenes, work, args.weak_train, args.weak_epochs, args.image_size, table, timings)
     sample, rest, truth = build_folder(scenes, work, args.sample, args.rest, weak)
     review = review_over_http(sample, weak, truth, work, table)
 
@@ -236,9 +261,31 @@ def main() -> int:
             log=work / "logs" / "prepare-reviewed.log")
         timings["finetune_s"] = cli("train", str(ds), "--out", str(work / "runs" / "finetuned"), "--init-from", str(weak),
                                     "--set", f"train.epochs={args.finetune_epochs}", "--set", "optim.warmup_epochs=0",
+                                    "--set", f"optim.lr={args.finetune_lr}", "--set", "data.batch_size=32",
                                     "--no-progress", log=work / "logs" / "train-finetuned.log")
         cli("export", str(work / "runs" / "finetuned"), "--out", str(ft), "--parity-images", "4",
             log=work / "logs" / "export-finetuned.log")
+
+    control = work / "models" / "finetuned-unreviewed"
+    if args.control and not (control / "model.onnx").is_file():
+        # The same fine-tune on the weak model's own captions of the same scenes, unreviewed:
+        # what the correction is worth beyond simply training longer on more images.
+        raw = work / "folder" / "sample-unreviewed"
+        if raw.exists():
+            shutil.rmtree(raw)
+        for img in sorted(sample.glob("*.jpg")):
+            copy_scene(img, raw, False)
+        cli("tag", str(raw), "--model", str(weak), "--format", "txt", "--on-existing", "overwrite", "--no-progress",
+            log=work / "logs" / "tag-unreviewed.log")
+        ds = work / "datasets" / "unreviewed"
+        cli("prepare", str(raw), "--out", str(ds), "--tag-table", str(table), "--overwrite", "--no-plot", "-q",
+            log=work / "logs" / "prepare-unreviewed.log")
+        cli("train", str(ds), "--out", str(work / "runs" / "unreviewed"), "--init-from", str(weak),
+            "--set", f"train.epochs={args.finetune_epochs}", "--set", "optim.warmup_epochs=0",
+            "--set", f"optim.lr={args.finetune_lr}", "--set", "data.batch_size=32", "--no-progress",
+            log=work / "logs" / "train-unreviewed.log")
+        cli("export", str(work / "runs" / "unreviewed"), "--out", str(control), "--parity-images", "4",
+            log=work / "logs" / "export-unreviewed.log")
 
     from animetagnet.vocab import Vocabulary
 
@@ -248,7 +295,10 @@ def main() -> int:
                "report": {k: v for k, v in json.loads((work / "review-report.json").read_text()).items()
                           if k in ("judged_images", "micro", "macro", "verdicts", "tags_not_in_model")},
                "models": {}}
-    for name, m in (("weak", weak), ("weak + review thresholds", calibrated), ("fine-tuned on the review", ft)):
+    models = [("weak", weak), ("weak + review thresholds", calibrated), ("fine-tuned on the review", ft)]
+    if (control / "model.onnx").is_file():
+        models.append(("control: fine-tuned on unreviewed weak captions", control))
+    for name, m in models:
         results["models"][name] = evaluate(m, rest, truth, tags, weak_tags)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     n_rest = next(iter(results["models"].values()))["images"]
