@@ -111,6 +111,22 @@ def adopt_run(run: Path, work: Path) -> Path:
         if (run / name).is_file():
             shutil.copyfile(run / name, dst / name)
     shutil.copyfile(run / "checkpoints" / "best.safetensors", dst / "checkpoints" / "best.safetensors")
+    # A run from another branch may carry recipe keys this one lacks (augmentation only): drop them.
+    from animetagnet_train import config as config_mod
+
+    text = (dst / "config.yaml").read_text()
+    for _ in range(10):
+        try:
+            config_mod.load(dst / "config.yaml")
+            break
+        except Exception as exc:  # noqa: BLE001 - "unknown key(s) NAME"
+            msg = str(exc)
+            if "unknown key(s)" not in msg:
+                raise
+            key = msg.split("unknown key(s)", 1)[1].split(";")[0].strip()
+            text = "\n".join(l for l in text.splitlines() if not l.strip().startswith(key + ":")) + "\n"
+            (dst / "config.yaml").write_text(text)
+            print(f"note: dropped recipe key {key!r} unknown to this branch", file=sys.stderr)
     cli("export", str(dst), "--out", str(model), "--parity-images", "4", "--max-eval-images", "300",
         log=work / "logs" / "export-weak.log")
     return model
