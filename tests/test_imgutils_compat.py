@@ -19,11 +19,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("huggingface_hub")
 
-from animetagnet.cli import main as cli_main  # noqa: E402
 from animetagnet.vocab import RATING_NAMES, Vocabulary  # noqa: E402
 from cli_helpers import run_cli  # noqa: E402
 from modelfactory import CHARACTERS, GENERAL, build_wd_model  # noqa: E402
-from train_helpers import ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -58,34 +56,9 @@ def _snapshot(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
     (repo / "refs" / "main").write_text(REV)
 
 
-@pytest.fixture(scope="module")
-def faces_run(tmp_path_factory, shared_data):
-    """prepare -> smoke-train on 8 real faces per character (the test split is never trained on)."""
-    from animetagnet_train import config
-    from animetagnet_train.train import train
-
-    base = tmp_path_factory.mktemp("imgutils")
-    src = base / "faces-subset"
-    for cls in sorted((shared_data / "faces").iterdir()):
-        (src / cls.name).mkdir(parents=True)
-        for f in sorted(cls.glob("*.jpg"))[:8]:
-            shutil.copy(f, src / cls.name / f.name)
-    ds = base / "ds"
-    assert cli_main(["prepare", str(src), "--out", str(ds), "--min-count", "1", "--split", "60/20/20",
-                     "--no-plot", "-q"]) == 0
-    train(ds, base / "run", config.load(ROOT / "configs" / "smoke.yaml", ["train.epochs=2"]))
-    test_images = [json.loads(line)["image"] for line in (ds / "test.jsonl").read_text().splitlines()]
-    return base, test_images
-
-
 @pytest.fixture(scope="module", params=[None, 448], ids=["native", "448px"])
-def exported(request, faces_run):
-    from animetagnet_train import export
-
-    base, _ = faces_run
-    out = base / f"model-{request.param or 'native'}"
-    meta = export.export(base / "run", out, input_size=request.param, log=lambda m: None)
-    return out, meta
+def exported(request, faces_export):
+    return faces_export(request.param)
 
 
 def _imgutils_tags(model: Path, images: list[str], tmp: Path, gt: float, ct: float) -> list[dict]:
@@ -111,8 +84,8 @@ def _our_tags(model: Path, images: list[str], gt: float, ct: float) -> list[dict
 
 @pytest.mark.parametrize("character_threshold", [0.001, 0.2])
 def test_get_wd14_tags_equals_animetagnet_tag_exact(exported, faces_run, real_images, tmp_path, character_threshold):
-    model, meta = exported
-    _, test_faces = faces_run
+    model = exported
+    _, _, test_faces = faces_run
     # Real 128 px faces from the held-out split and real 512 px letterboxed posts.
     images = test_faces[:16] + [str(p) for p in real_images[:8]]
     theirs = _imgutils_tags(model, images, tmp_path, 0.35, character_threshold)
