@@ -19,6 +19,7 @@ images.DRAFT_MARGIN = 2; 1 was the rule before) without changing the package.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="an exported model directory (repeatable)")
     ap.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "animetagnet-bench"))
     ap.add_argument("--sets", default="small,large")
+    ap.add_argument("--images", action="append", default=[], metavar="NAME=GLOB",
+                    help="an extra image set, e.g. faces='/data/faces/*/*.jpg' (first 62 sorted files)")
     ap.add_argument("--draft-margin", type=float, default=None,
                     help="experiment: the draft keeps MARGIN x the input size (default: the package's DRAFT_MARGIN)")
     args = ap.parse_args()
@@ -93,6 +96,9 @@ def main() -> None:
         images.DRAFT_MARGIN = args.draft_margin
     cache = Path(args.cache)
     sets = {k: v for k, v in make_image_sets(cache).items() if k in args.sets.split(",")}
+    for spec in args.images:
+        name, pattern = spec.split("=", 1)
+        sets[name] = sorted(Path(p) for p in glob.glob(pattern))[:62]
     models = {k: export_wd_model(ARCHS[k], SIZE, cache / f"{k}-{ARCHS[k]}-{SIZE}") for k in args.models.split(",") if k}
     models.update({Path(m).name: Path(m) for m in args.model})
     out = {"machine": machine(), "draft_margin": images.DRAFT_MARGIN, "load_average": os.getloadavg(), "results": {}}

@@ -136,6 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="small,wd")
     ap.add_argument("--limit-wd", type=int, default=8, help="images per folder for the WD-size model")
+    ap.add_argument("--sets", default="small,large")
     ap.add_argument("--repeat", type=int, default=1, help="alternating runs per folder; medians reported")
     ap.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "animetagnet-bench"))
     args = ap.parse_args()
@@ -146,6 +147,8 @@ def main() -> None:
         arch, size = MODELS[key]
         model = export_with_embedding(arch, size, cache / f"emb-{key}-{arch}-{size}")
         for set_name, paths in sets.items():
+            if set_name not in args.sets.split(","):
+                continue
             paths = sorted(paths)[: args.limit_wd] if key == "wd" else sorted(paths)
             with tempfile.TemporaryDirectory() as tmp:
                 root = Path(tmp)
