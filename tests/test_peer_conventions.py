@@ -30,7 +30,7 @@ ComfyUI-WD14-Tagger (pythongosssss)
   - Selection and caption: confidence strictly > threshold; characters first, then general, each in
     label order; `(` `)` escaped as `\\(` `\\)`; joined with ", ".
 
-A1111 wd14 tagger (toriato/stable-diffusion-webui-wd14-tagger; picobyte's fork reads models the same way)
+A1111 wd14 tagger (toriato/stable-diffusion-webui-wd14-tagger; picobyte's fork was not read here)
   - Model: a Hugging Face repo id (model.onnx + selected_tags.csv through hf_hub_download).
   - Pixels: size = the model input's dimension 1; white square, OpenCV resize, BGR float32.
   - Labels: rows 0-3 are the ratings by position; every later row is one tag dictionary (no
