@@ -225,12 +225,19 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
     lines += [
         "",
         "## Which tools read it",
-        "Checked by this project's tests with each tool's convention (imgutils with its own code):",
-        "- imgutils `get_wd14_tags`: reads the input size from the model and needs the two outputs; any size works.",
+        "Checked by this project's tests on a model trained on real faces: imgutils with its own code, the "
+        "others with their reading conventions restated (they cannot be installed from a registry).",
+        "- imgutils `get_wd14_tags` (from a Hugging Face cache entry): reads the input size from the model and "
+        "needs the two outputs; any size works; tags and confidences equal `animetagnet tag --exact`.",
         "- ComfyUI-WD14-Tagger (flat `NAME.onnx` + `NAME.csv`, `animetagnet export --comfyui DIR`) and the A1111 "
-        "wd14 tagger extensions: read the input size from the model; any size works.",
-        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx`: always feeds 448 px; use an export made with "
-        "`--input-size 448`" + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
+        "wd14 tagger extensions: read the input size from the model; any size works; they resize with other "
+        "filters than ours, so a confidence near a threshold can differ slightly.",
+        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx` (`--model_dir PARENT --repo_id FOLDER`): always "
+        "feeds 448 px; use an export made with `--input-size 448`"
+        + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
+        "- The 448 px export resizes to the trained size inside the graph: on the faces recipe it cost 0.0001 "
+        "test mAP against the native size (benchmarks/RESULTS.md); measure yours with "
+        "`animetagnet evaluate --model NATIVE --compare EXPORT_448`.",
         "",
         "## Training",
     ]
