@@ -22,6 +22,7 @@ from typing import Any
 
 from ..engine import TagJob
 from ..errors import UsageError
+from ..inputs import resume_key, resume_keys
 from .replica import TaggerReplica
 from .shards import ShardBuffer, ShardStore
 
@@ -53,15 +54,16 @@ def todo(job: TagJob, captions) -> tuple[list[str], int, ShardStore | None]:
             dropped = store.drop_failed()
             if dropped:
                 job.say(f"{dropped} images that failed before are tried again (--resume)")
-            done = store.done_paths()
+            done = resume_keys(store.done_paths())  # the real folder: a path's spelling never tags it twice
         elif job.output.on_existing == "overwrite":
             job.say(f"removed {store.clear()} earlier shards from {out} (--on-existing overwrite)")
         else:
             raise UsageError(f"{out} already holds result shards; pass --resume to continue that run "
                              "or --on-existing overwrite to replace it")
     elif store is None and job.output.resume and captions is not None:
-        done = {p for p in paths if captions.is_done(p)}
-    left = [p for p in paths if p not in done]
+        done = resume_keys(p for p in paths if captions.is_done(p))
+    dirs: dict[str, str] = {}
+    left = [p for p in paths if resume_key(p, dirs) not in done]
     return left, len(paths) - len(left), store
 
 
