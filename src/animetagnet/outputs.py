@@ -25,7 +25,7 @@ from .errors import AnimeTagNetError, UsageError
 from .fileio import atomic_write_text
 from .inputs import resume_key, resume_keys
 from .formatting import CaptionStyle, merge_caption
-from .options import FORMATS, ON_EXISTING  # noqa: F401 - defined with the options that pick them
+from .options import CAPTION_NAMES, FORMATS, ON_EXISTING  # noqa: F401 - defined with the options that pick them
 from .results import TagResult
 
 CSV_COLUMNS = ("path", "rating", "rating_confidence", "character", "general", "other", "error")
@@ -318,9 +318,13 @@ class CaptionWriter(ResultWriter):
         on_existing: str = "skip",
         output_dir: str | None = None,
         roots: dict[str, str] | None = None,
+        name: str = "stem",
     ):
         if on_existing not in ON_EXISTING:
             raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+        if name not in CAPTION_NAMES:
+            raise UsageError(f"--caption-name must be one of {', '.join(CAPTION_NAMES)}")
+        self.name = name
         self.style = style
         self.extension = extension if extension.startswith(".") else "." + extension
         self.on_existing = on_existing
@@ -333,16 +337,40 @@ class CaptionWriter(ResultWriter):
         self.roots = roots or {}
         self.skipped_existing = 0
 
+    def _named(self, p: Path) -> Path:
+        return p.with_name(p.name + self.extension) if self.name == "full" else p.with_suffix(self.extension)
+
     def caption_path(self, image_path: str) -> Path:
         p = Path(image_path)
         if self.output_dir is None:
-            return p.with_suffix(self.extension)
+            return self._named(p)
         root = Path(self.roots.get(image_path, p.parent))
         try:
             rel = p.relative_to(root)
         except ValueError:
             rel = Path(p.name)
-        return (self.output_dir / rel).with_suffix(self.extension)
+        return self._named(self.output_dir / rel)
+
+    def check_collisions(self, image_paths: Iterable[str]) -> None:
+        """UsageError naming the images that would share one caption file (a.jpg and a.png -> a.txt).
+
+        Called before anything is written: with --caption-name stem one of them would silently
+        lose its tags. Compared by real folder, so two spellings of one image are not a collision.
+        """
+        owners: dict[str, list[str]] = {}
+        dirs: dict[str, str] = {}
+        for path in image_paths:
+            key = resume_key(str(self.caption_path(path)), dirs)
+            names = owners.setdefault(key, [])
+            if all(resume_key(other, dirs) != resume_key(path, dirs) for other in names):
+                names.append(path)
+        clashes = [(cap, names) for cap, names in owners.items() if len(names) > 1]
+        if not clashes:
+            return
+        shown = "; ".join(" and ".join(names) + f" -> {os.path.basename(cap)}" for cap, names in clashes[:5])
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise UsageError(f"{len(clashes)} caption file name(s) would be shared: {shown}{more}; "
+                         "nothing was written. Use --caption-name full (a.jpg -> a.jpg.txt) or tag them apart")
 
     def is_done(self, image_path: str) -> bool:
         return self.caption_path(image_path).exists()
@@ -377,12 +405,14 @@ def make_writer(
     caption_extension: str = ".txt",
     output_dir: str | None = None,
     roots: dict[str, str] | None = None,
+    caption_name: str = "stem",
 ) -> ResultWriter:
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     overwrite = on_existing == "overwrite"
     if fmt == "txt":
-        return CaptionWriter(style, extension=caption_extension, on_existing=on_existing, output_dir=output_dir, roots=roots)
+        return CaptionWriter(style, extension=caption_extension, on_existing=on_existing, output_dir=output_dir, roots=roots,
+                             name=caption_name)
     if fmt == "jsonl":
         return JsonlWriter(output, resume=resume, overwrite=overwrite)
     if fmt == "json":

@@ -130,7 +130,9 @@ def run(job: TagJob, *, replica_cls: type = TaggerReplica) -> dict[str, Any]:
     captions = None
     if job.format == "txt":
         captions = CaptionWriter(job.options.caption.style(), extension=out.caption_extension,
-                                 on_existing=out.on_existing, output_dir=out.output_dir, roots=job.inputs.roots)
+                                 on_existing=out.on_existing, output_dir=out.output_dir, roots=job.inputs.roots,
+                                 name=out.caption_name)
+        captions.check_collisions(job.inputs.paths)
     if job.ray.address is None and job.options.model.model is not None:
         from ..bundle import ModelBundle
 
