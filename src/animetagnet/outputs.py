@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from .errors import AnimeTagNetError, UsageError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, cleanup_stale_temp
 from .inputs import resume_key, resume_keys
 from .formatting import CaptionStyle, merge_caption
 from .options import CAPTION_NAMES, FORMATS, ON_EXISTING  # noqa: F401 - defined with the options that pick them
@@ -128,6 +128,12 @@ def _salvage(path: Path, text: str) -> None:
         raise UsageError(f"cannot resume {path}: cannot rewrite it ({_why(exc)})") from None
 
 
+def _clean_beside(output: str | None) -> None:
+    """Temporary copies of this result file that a killed run left (see fileio.cleanup_stale_temp)."""
+    if output not in (None, "-"):
+        cleanup_stale_temp(Path(output).parent, {Path(output).name})
+
+
 def _probe_folder(path: Path) -> None:
     """Create (and remove) a temporary file where `path` will be written atomically; UsageError if we cannot."""
     try:
@@ -149,6 +155,7 @@ def _read_result_file(path: Path) -> str:
 class JsonlWriter(ResultWriter):
     def __init__(self, output: str | None, *, resume: bool = False, overwrite: bool = False):
         self._done: set[str] = set()
+        _clean_beside(output)
         if resume and output and output != "-" and Path(output).exists():
             self._done = resume_keys(_salvage_jsonl(Path(output)))
         self.out = _Records(output, resume, overwrite)
@@ -186,6 +193,7 @@ class JsonWriter(ResultWriter):
     def __init__(self, output: str | None, *, resume: bool = False, overwrite: bool = False):
         self.output = output
         self.results: list[dict] = []
+        _clean_beside(output)
         if output in (None, "-"):
             if resume:
                 raise UsageError("--resume needs a result file (-o FILE) or --format txt")
@@ -229,6 +237,7 @@ class CsvWriter(ResultWriter):
         self.style = style
         self._done: set[str] = set()
         existed = bool(output and output != "-" and Path(output).exists())
+        _clean_beside(output)
         if resume and existed:
             self._done = resume_keys(_salvage_csv(Path(output)))  # type: ignore[arg-type]
         self.out = _Records(output, resume, overwrite)
@@ -336,6 +345,7 @@ class CaptionWriter(ResultWriter):
                 raise UsageError(f"cannot write captions under {self.output_dir}: {_why(exc)}") from None
         self.roots = roots or {}
         self.skipped_existing = 0
+        self._cleaned: set[Path] = set()  # folders whose stale temporary captions are gone
 
     def _named(self, p: Path) -> Path:
         return p.with_name(p.name + self.extension) if self.name == "full" else p.with_suffix(self.extension)
@@ -379,6 +389,9 @@ class CaptionWriter(ResultWriter):
         if not result.ok or result.path is None:
             return None
         target = self.caption_path(result.path)
+        if target.parent not in self._cleaned:
+            self._cleaned.add(target.parent)
+            cleanup_stale_temp(target.parent, lambda name: name.endswith(self.extension))
         tags = [self.style.format_tag(n, c) for n, c in self.style.ordered(result)]
         text = self.style.separator.join(tags)
         try:

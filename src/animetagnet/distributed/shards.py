@@ -13,7 +13,7 @@ import uuid
 from typing import Any, Iterator
 
 from ..errors import UsageError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, cleanup_stale_temp
 from ..options import SHARD_FORMATS  # noqa: F401 - defined with the option that picks one
 
 SHARD_PREFIX = "part-"
@@ -81,6 +81,8 @@ class ShardStore:
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise UsageError(f"{url} is a file; --engine ray writes a directory of shards (-o DIR)")
+        if self.local:  # temporary shards of a killed driver
+            cleanup_stale_temp(self.root, lambda name: name.startswith(SHARD_PREFIX))
 
     # --- reading ------------------------------------------------------------
     def shards(self) -> list[str]:
