@@ -190,3 +190,18 @@ def test_api_and_cli_give_one_error_for_expensive_queries(tmp_path, tagger, caps
         assert main(["search", "--db", str(db), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("animetagnet: error:") and len(err.splitlines()) == 1, err
+
+
+def test_cli_index_allow_symlinks(setup, tiny_model, tmp_path, capsys):
+    d, _, secret, _ = setup
+    db = tmp_path / "cli.db"
+    assert main(["index", str(d), "--db", str(db), "--model", str(tiny_model), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "passwd.jpg: a symlink to outside the allowed folder (index --allow-symlinks to take it)" in err
+    assert "secret.png" not in ids(db)
+    assert main(["index", str(d), "--db", str(db), "--model", str(tiny_model), "--quiet", "--allow-symlinks"]) == 1
+    with Gallery(db).open(ids(db)["secret.png"])[0] as fh:
+        assert fh.read() == secret.read_bytes()
+    # /etc/passwd is no image: recorded with its error, and a row with an error is never served
+    with pytest.raises(Unavailable, match="could not be read when it was indexed"):
+        Gallery(db).open(ids(db)["passwd.jpg"])
