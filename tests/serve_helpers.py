@@ -13,6 +13,9 @@ from PIL import Image
 
 from cli_helpers import data_dir  # noqa: F401 - re-exported for the serve tests
 
+#: TestClient's base URL: the service trusts loopback names only (its default "testserver" is a 400).
+LOCAL = "http://localhost"
+
 
 def real_images() -> list[Path]:
     d = data_dir() / "danbooru-512px" / "tagged"
@@ -39,14 +42,22 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn server on 127.0.0.1 in a thread (for the browser test)."""
+    """A real uvicorn server on 127.0.0.1 in a thread, configured as `animetagnet serve` configures it."""
 
-    def __init__(self, app):
+    def __init__(self, app, connections=None):
         import uvicorn
 
+        from animetagnet.serve.connections import server_config
+
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.config = server_config(app, host="127.0.0.1", port=self.port, limits=connections, log_level="warning")
+        self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def counters(self):
+        """The server's connection counters (accepted, refused, evicted, head_timeouts, ...)."""
+        return self.config.http_protocol_class.counters
 
     @property
     def url(self) -> str:

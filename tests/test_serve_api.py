@@ -16,7 +16,7 @@ from animetagnet.formatting import CaptionStyle  # noqa: E402
 from animetagnet.serve.app import create_app  # noqa: E402
 from animetagnet.serve.limits import BodyLimitMiddleware  # noqa: E402
 from animetagnet.serve.service import Limits  # noqa: E402
-from serve_helpers import jpeg_bytes, png_bytes, real_images  # noqa: E402
+from serve_helpers import LOCAL, jpeg_bytes, png_bytes, real_images  # noqa: E402
 
 LIMITS = Limits(max_request_bytes=400_000, max_file_bytes=200_000, max_files=3)
 
@@ -28,7 +28,7 @@ def tagger(tiny_model):
 
 @pytest.fixture(scope="module")
 def client(tagger):
-    with TestClient(create_app(tagger, limits=LIMITS, max_wait_ms=2)) as c:
+    with TestClient(create_app(tagger, limits=LIMITS, max_wait_ms=2), base_url=LOCAL) as c:
         yield c
 
 
@@ -68,7 +68,7 @@ def test_health_ready_model_and_docs(client, tagger):
 
 
 def test_not_ready_before_startup(tagger):
-    c = TestClient(create_app(tagger))  # not entered: the lifespan (model worker) never started
+    c = TestClient(create_app(tagger), base_url=LOCAL)  # not entered: the lifespan (model worker) never started
     assert_error(c.get("/ready"), 503, "not_ready")
     assert_error(c.post("/v1/tag", files=upload(("a.png", png_bytes(), "image/png"))), 503, "not_ready")
     assert c.get("/health").status_code == 200
@@ -192,11 +192,25 @@ def test_size_limits_are_413(client):
 
 def test_pixel_limit_is_413(tiny_model):
     small = Tagger(tiny_model, max_pixels=50 * 50)
-    with TestClient(create_app(small)) as c:
+    with TestClient(create_app(small), base_url=LOCAL) as c:
         err = assert_error(c.post("/v1/tag", files=upload(("wide.png", png_bytes((100, 60)), "image/png"))),
                            413, "too_many_pixels")
         assert "6,000 pixels" in err["message"]
         assert c.post("/v1/tag", files=upload(("s.png", png_bytes((40, 40)), "image/png"))).status_code == 200
+
+
+def test_padded_square_counts_against_the_pixel_limit(tiny_model):
+    """A long thin image is padded to a square before resizing: that square must fit --max-pixels too
+    (a 262 kB 30000x2900 PNG cost 3.8 GB before), except where JPEG draft mode shrinks it first."""
+    small = Tagger(tiny_model, max_pixels=30_000)
+    with TestClient(create_app(small), base_url=LOCAL) as c:
+        strip = png_bytes((1000, 20))  # 20,000 pixels, padded to 1000x1000
+        err = assert_error(c.post("/v1/tag", files=upload(("strip.png", strip, "image/png"))), 413, "too_many_pixels")
+        assert "1000x1000" in err["message"]
+        assert c.post("/v1/tag", files=upload(("ok.png", png_bytes((170, 170)), "image/png"))).status_code == 200
+        # a 400x60 JPEG decodes at 1/8 (draft mode, model input 32): its square is 50x50
+        wide = c.post("/v1/tag", files=upload(("wide.jpg", jpeg_bytes((400, 60)), "image/jpeg")))
+        assert wide.status_code == 200, wide.text
 
 
 def test_bad_parameters(client):
@@ -242,7 +256,7 @@ def test_inference_timeout_is_503(tiny_model):
         return real_predict(batch)
 
     slow.predict = sleepy
-    with TestClient(create_app(slow, limits=Limits(request_timeout=0.1))) as c:
+    with TestClient(create_app(slow, limits=Limits(request_timeout=0.1)), base_url=LOCAL) as c:
         err = assert_error(c.post("/v1/tag", files=upload(("a.png", png_bytes(), "image/png"))), 503, "timeout")
         assert "0.1 s" in err["message"]
 
@@ -253,7 +267,12 @@ async def _drive(middleware, messages, delay_after=None, headers=()):
     reached = []
 
     async def app(scope, receive, send):
-        reached.append(await receive())
+        while True:  # read like a framework does: until the body ends or the client goes
+            message = await receive()
+            reached.append(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # dropped after a refusal
 
     async def receive():
         if messages:
@@ -270,20 +289,21 @@ async def _drive(middleware, messages, delay_after=None, headers=()):
     return sent, reached
 
 
-def test_stalled_upload_gets_408_and_never_reaches_the_app():
+def test_stalled_upload_gets_408_and_the_app_sees_only_a_disconnect():
     msgs = [{"type": "http.request", "body": b"x" * 10, "more_body": True}]
     sent, reached = asyncio.run(_drive({"max_bytes": 1000, "idle_timeout": 0.1, "total_timeout": 5}, msgs))
     assert sent[0]["status"] == 408 and b"request_timeout" in sent[1]["body"]
-    assert reached == []
+    assert reached == [{"type": "http.request", "body": b"x" * 10, "more_body": True}, {"type": "http.disconnect"}]
 
 
-def test_body_is_complete_before_the_app_runs_and_limit_applies_while_streaming():
+def test_body_streams_through_and_limit_applies_while_streaming():
     msgs = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"cd"}]
     sent, reached = asyncio.run(_drive({"max_bytes": 1000, "idle_timeout": 1, "total_timeout": 5}, msgs))
-    assert reached == [{"type": "http.request", "body": b"abcd", "more_body": False}]
-    msgs = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2
+    assert [m["body"] for m in reached] == [b"ab", b"cd"] and sent[0]["status"] == 200  # pieces as they came
+    msgs = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3
     sent, reached = asyncio.run(_drive({"max_bytes": 1000, "idle_timeout": 1, "total_timeout": 5}, list(msgs)))
-    assert sent[0]["status"] == 413 and reached == []
+    assert sent[0]["status"] == 413 and b"request_too_large" in sent[1]["body"]
+    assert [m["type"] for m in reached] == ["http.request", "http.disconnect"]  # the second piece never reached it
 
 
 def test_a_stuck_client_does_not_hold_the_model(tagger):
@@ -297,7 +317,7 @@ def test_a_stuck_client_does_not_hold_the_model(tagger):
     app = create_app(tagger, limits=Limits(body_idle_timeout=1.0))
     with ServerThread(app) as server:
         stuck = socket.create_connection(("127.0.0.1", server.port))
-        stuck.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        stuck.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                       b"Content-Length: 100000\r\n\r\n--b\r\n")
         r = httpx.post(server.url + "/v1/tag", files={"files": ("a.png", png_bytes(), "image/png")}, timeout=10)
         assert r.status_code == 200  # served while the other upload hangs

@@ -13,7 +13,7 @@ from animetagnet.errors import UsageError
 from animetagnet.serve.gallery import Gallery, index_folder
 from animetagnet.serve.query import parse_query
 from modelfactory import build_wd_model
-from serve_helpers import jpeg_bytes, png_bytes, real_images
+from serve_helpers import LOCAL, jpeg_bytes, png_bytes, real_images
 
 COLORS = [(220, 20, 20), (20, 200, 40), (30, 40, 230), (240, 240, 240), (10, 10, 10), (200, 180, 20)]
 
@@ -185,7 +185,7 @@ def test_gallery_api(tmp_path, folder, tagger):
 
     db = tmp_path / "g.db"
     index_folder(db, str(folder), tagger)
-    with TestClient(create_app(tagger, gallery_db=str(db))) as c:
+    with TestClient(create_app(tagger, gallery_db=str(db)), base_url=LOCAL) as c:
         body = c.get("/v1/gallery/search", params={"q": "", "limit": 3}).json()
         assert body["total"] == 6 and len(body["items"]) == 3 and body["counts"]
         assert all("path" not in it for it in body["items"])  # no server paths to clients
@@ -204,6 +204,6 @@ def test_gallery_api(tmp_path, folder, tagger):
         bad = c.get("/v1/gallery/search", params={"q": "rating:weird"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_query"
         assert c.get("/v1/gallery/files/abc").status_code == 422
-    with TestClient(create_app(tagger)) as c:
+    with TestClient(create_app(tagger), base_url=LOCAL) as c:
         resp = c.get("/v1/gallery/search")
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "no_gallery"

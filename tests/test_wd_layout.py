@@ -83,7 +83,7 @@ def test_service_shows_no_rating_for_untrained_ratings(tmp_path, real_images):
     from animetagnet.serve.app import create_app
 
     d = build_wd_model(tmp_path / "m", metadata=UNTRAINED)
-    with TestClient(create_app(Tagger(d), max_wait_ms=2)) as c:
+    with TestClient(create_app(Tagger(d), max_wait_ms=2), base_url="http://localhost") as c:
         resp = c.post("/v1/tag?include_rating=true&general_threshold=0",
                       files=[("files", ("a.jpg", real_images[0].read_bytes(), "image/jpeg"))])
     assert resp.status_code == 200, resp.text

@@ -446,13 +446,45 @@ class ServeOptions(OptionGroup):
     decode_workers: int = option(2, "threads decoding uploads (default 2)", metavar="N", ge=1, http=False)
     log_level: str = option("info", "uvicorn's log level (default info)",
                             choices=("critical", "error", "warning", "info", "debug"), http=False)
+    allowed_host: tuple[str, ...] = option(
+        (), "also accept requests whose Host header is this name (repeatable or comma-separated; *.example.com "
+            "for sub-domains, * for any); localhost, 127.0.0.1, ::1 and --host are always accepted",
+        split=",", metavar="HOST", http=False)
+    allowed_origin: tuple[str, ...] = option(
+        (), "also accept uploads and other writes from web pages of this origin, e.g. https://app.example.com "
+            "(repeatable or comma-separated); by default only the service's own pages may write",
+        split=",", metavar="ORIGIN", http=False)
+    max_inflight_mb: float = option(256.0, "request bodies in flight across all requests, at most (default 256 MiB; "
+                                           "beyond it uploads get 503 with Retry-After)", metavar="MB", gt=0, http=False)
+    max_queue: int = option(1024, "decoded images waiting for the model, at most (default 1024; each holds "
+                                  "12 x input size^2 bytes); beyond it uploads get 503", metavar="N", ge=1, http=False)
+    max_connections: int = option(512, "open connections at most (default 512); beyond it the longest-idle one is "
+                                       "closed, or the new one refused with 503", metavar="N", ge=1, http=False)
+    header_timeout: float = option(10.0, "seconds a client has to send a complete request head, from connecting or "
+                                         "from its first byte (default 10)", metavar="S", gt=0, http=False)
+    keep_alive: float = option(5.0, "seconds an idle keep-alive connection stays open (default 5)", metavar="S", gt=0,
+                               http=False)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_inflight_mb < self.max_request_mb:
+            raise UsageError(f"--max-inflight-mb ({self.max_inflight_mb:g}) must be at least --max-request-mb "
+                             f"({self.max_request_mb:g}), or no request of the largest size could ever be accepted")
 
     def limits(self):
         """The per-process limits of serve/service.py, in bytes and seconds."""
         from .serve.service import Limits, MiB
 
         return Limits(max_request_bytes=int(self.max_request_mb * MiB), max_file_bytes=int(self.max_upload_mb * MiB),
-                      max_files=self.max_files, request_timeout=self.request_timeout)
+                      max_files=self.max_files, request_timeout=self.request_timeout,
+                      max_inflight_bytes=int(self.max_inflight_mb * MiB), max_queue=self.max_queue)
+
+    def connection_limits(self):
+        """The server's connection settings (serve/connections.py)."""
+        from .serve.connections import ConnectionLimits
+
+        return ConnectionLimits(max_connections=self.max_connections, header_timeout=self.header_timeout,
+                                keep_alive=self.keep_alive)
 
 
 #: Every group, in the order docs/options.md lists them.

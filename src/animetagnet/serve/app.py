@@ -26,6 +26,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from .limits import BodyLimitMiddleware
 from .routes import gallery, health, pages, tagging
+from .security import install_security
 
 
 def _error_response(exc: ApiError) -> JSONResponse:
@@ -66,8 +67,13 @@ def create_app(
     limits: Limits | None = None,
     gallery_db: str | None = None,
     decode_workers: int = 2,
+    allowed_hosts: tuple[str, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The application for one loaded model. `batch_size` 1 turns micro-batching off."""
+    """The application for one loaded model. `batch_size` 1 turns micro-batching off.
+
+    Requests must name a trusted host (loopback names plus `allowed_hosts`) and writes must
+    come from the same origin or one of `allowed_origins` (serve/security.py)."""
     opened = None
     if gallery_db is not None:
         from .gallery import Gallery
@@ -94,8 +100,10 @@ def create_app(
     app.state.service = service
     app.state.gallery = service.gallery
     limits = service.limits
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes,
-                       idle_timeout=limits.body_idle_timeout, total_timeout=limits.body_total_timeout)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes, max_file_bytes=limits.max_file_bytes,
+                       idle_timeout=limits.body_idle_timeout, total_timeout=limits.body_total_timeout,
+                       budget=service.inflight)
+    install_security(app, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)  # last: outermost
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tagging.router)

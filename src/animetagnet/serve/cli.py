@@ -95,20 +95,39 @@ def run_serve(args) -> int:
                          "pip install 'animetagnet[serve]'") from None
     from ..options import ModelOptions, ServeOptions
     from .app import create_app
+    from .connections import fit_connections, raise_file_limit, server_config
+    from .security import normalize_origin, trusted_hosts
 
     opts = ServeOptions.from_args(args)
+    for origin in opts.allowed_origin:
+        if origin != "*" and normalize_origin(origin) is None:
+            raise UsageError(f"--allowed-origin takes scheme://host[:port] (e.g. https://app.example.com), not {origin!r}")
+    connections, lowered = fit_connections(opts.connection_limits(), raise_file_limit())
     tagger = ModelOptions.from_args(args).load()
+    hosts = trusted_hosts(opts.host, opts.allowed_host)
     app = create_app(tagger, max_wait_ms=opts.max_wait_ms, limits=opts.limits(), gallery_db=opts.gallery,
-                     decode_workers=opts.decode_workers)
+                     decode_workers=opts.decode_workers, allowed_hosts=hosts, allowed_origins=opts.allowed_origin)
     print(f"animetagnet: {tagger.describe()}; micro-batches of up to {tagger.batch_size}, "
           f"waiting at most {opts.max_wait_ms:g} ms", file=sys.stderr)
+    if lowered:
+        print(f"animetagnet: warning: {lowered}", file=sys.stderr)
     if not _is_loopback(opts.host):
         print(f"animetagnet: warning: listening on {opts.host}: the service has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
+        if not opts.allowed_host:
+            print("animetagnet: requests must name localhost, 127.0.0.1, ::1 or " + opts.host + " in their Host "
+                  "header; add --allowed-host NAME for the name clients use", file=sys.stderr)
+    if "*" in opts.allowed_host:
+        print("animetagnet: warning: --allowed-host '*' accepts any Host header: a web page can reach this service "
+              "through DNS rebinding; name the hosts instead unless a proxy in front checks Host", file=sys.stderr)
+    if "*" in opts.allowed_origin:
+        print("animetagnet: warning: --allowed-origin '*' lets any web page a user visits upload to this service "
+              "from that user's browser", file=sys.stderr)
     print(f"animetagnet: web page http://{opts.host}:{opts.port}/ , API reference http://{opts.host}:{opts.port}/api",
           file=sys.stderr)
     # One process, one model: no uvicorn workers (each would load its own copy of the model).
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level, timeout_keep_alive=5)
+    uvicorn.Server(server_config(app, host=opts.host, port=opts.port, limits=connections,
+                                 log_level=opts.log_level)).run()
     return 0
 
 

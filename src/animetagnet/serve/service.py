@@ -20,6 +20,7 @@ from ..errors import AnimeTagNetError, ImageError
 from ..options import CaptionOptions, FilterOptions, TagOptions, ThresholdOptions, floor_thresholds
 from ..results import TagResult
 from .batching import MicroBatcher, NotRunning, Overloaded
+from .limits import InflightBudget
 
 MiB = 1024 * 1024
 
@@ -38,6 +39,8 @@ class Limits:
     #: Seconds a whole request body may take to arrive.
     body_total_timeout: float = 120.0
     max_queue: int = 1024
+    #: Bytes of request bodies in flight across all requests (serve/limits.py InflightBudget).
+    max_inflight_bytes: int = 256 * MiB
 
 
 class ApiError(Exception):
@@ -82,6 +85,8 @@ class TagService:
         self.batcher = MicroBatcher(tagger.predict, batch_size=batch_size or tagger.batch_size,
                                     max_wait_ms=max_wait_ms, max_queue=self.limits.max_queue)
         self.decode_workers = decode_workers
+        #: Shared by every request of the app (BodyLimitMiddleware takes and gives back).
+        self.inflight = InflightBudget(self.limits.max_inflight_bytes)
         self._decoder: ThreadPoolExecutor | None = None
         self.requests = 0
         self.images = 0
@@ -138,7 +143,8 @@ class TagService:
     # --- what the service reports -------------------------------------------
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "images": self.images, "failed_images": self.failures,
-                "queued": self.batcher.pending, "batching": self.batcher.stats.to_dict()}
+                "queued": self.batcher.pending, "batching": self.batcher.stats.to_dict(),
+                "inflight_bytes": self.inflight.to_dict()}
 
     def model_info(self) -> dict[str, Any]:
         """The loaded model, its defaults and the service limits (GET /v1/model)."""
@@ -161,6 +167,7 @@ class TagService:
             "batching": {"batch_size": self.batcher.batch_size, "max_wait_ms": self.batcher.max_wait * 1000},
             "limits": {"max_request_bytes": limits.max_request_bytes, "max_file_bytes": limits.max_file_bytes,
                        "max_files": limits.max_files, "max_pixels": tagger.max_pixels,
+                       "max_inflight_bytes": limits.max_inflight_bytes,
                        "request_timeout_s": limits.request_timeout},
             "gallery": self.gallery is not None,
             "version": __version__,
@@ -204,23 +211,63 @@ class TagService:
         if upload.size is not None and upload.size > max_bytes:
             raise ApiError(413, "file_too_large", f"{name}: {upload.size:,} bytes is above the per-file limit of "
                                                   f"{max_bytes / 1024 / 1024:g} MiB")
-        data = await upload.read()
-        if len(data) > max_bytes:
-            raise ApiError(413, "file_too_large", f"{name}: above the per-file limit")
-        array = await self.decode(data, name)
-        del data
+        spooled = getattr(upload, "file", None)
+        if spooled is not None and upload.size is not None:
+            # Starlette's upload: decode straight from its spooled temporary file, so the
+            # file's bytes are never copied into memory (files above 1 MiB stay on disk).
+            if upload.size > max_bytes:
+                raise ApiError(413, "file_too_large", f"{name}: above the per-file limit")
+            if upload.size == 0:
+                raise image_error(ImageError("empty file"), name)
+            spooled.seek(0)
+            array = await self.decode(spooled, name)
+        else:
+            data = await upload.read()
+            if len(data) > max_bytes:
+                raise ApiError(413, "file_too_large", f"{name}: above the per-file limit")
+            array = await self.decode(data, name)
+            del data
         probs = await self.infer(array)
         return self.describe(probs, name, options, min_confidence)
 
-    async def decode(self, data: bytes, filename: str | None) -> np.ndarray:
-        """Bytes -> model input, in a decoding thread (never a path: uploads only)."""
+    async def decode(self, data, filename: str | None) -> np.ndarray:
+        """Bytes or an open binary file -> model input, in a decoding thread (never a path: uploads only)."""
         if self._decoder is None:
             raise ApiError(503, "not_ready", "the model is not ready")
+        if isinstance(data, str) or hasattr(data, "__fspath__"):
+            raise TypeError("the service decodes uploads only, never a path")
+        source = bytes(data) if isinstance(data, (bytearray, memoryview)) else data
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._decoder, self.tagger.prepare, bytes(data))
+            return await loop.run_in_executor(self._decoder, self._prepare_bounded, source)
         except ImageError as exc:
             raise image_error(exc, filename) from None
+
+    def _prepare_bounded(self, source) -> np.ndarray:
+        """`tagger.prepare`, after checking that the padded square also fits `max_pixels`.
+
+        Preprocessing pads to a max(w, h) square before resizing, so a long thin image costs
+        about 3.7 bytes per pixel of that square on top of the ~8 per decoded pixel: a 262 kB
+        30000x2900 PNG (under the pixel limit) took 3.8 GB. Bounding the square (after JPEG
+        draft mode, which shrinks it first) keeps a decode under ~12 x max_pixels bytes."""
+        from ..images import draft_request, open_image
+
+        tagger = self.tagger
+        limit = tagger.max_pixels
+        if limit is not None:
+            img = open_image(source, max_pixels=limit)
+            if img.format == "JPEG" and not tagger.exact:
+                request = draft_request(img.size, tagger.input_size)
+                if request is not None:
+                    img.draft("RGB" if img.mode not in ("L", "CMYK") else img.mode, request)
+            side = max(img.size)
+            if side * side > limit:
+                raise ImageError(f"too many pixels once padded to a square: {img.size[0]}x{img.size[1]} pads to "
+                                 f"{side}x{side} = {side * side:,} pixels, above the limit of {limit:,} "
+                                 "(decompression-bomb guard; raise it with --max-pixels if the file is trusted)")
+            if hasattr(source, "seek"):
+                source.seek(0)
+        return tagger.prepare(source)
 
     async def infer(self, array: np.ndarray) -> np.ndarray:
         try:
