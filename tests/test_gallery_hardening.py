@@ -10,7 +10,7 @@ from animetagnet import Tagger
 from animetagnet.cli import main
 from animetagnet.serve.gallery import Gallery, Unavailable, connect, index_folder
 from animetagnet.serve.query import MAX_TERMS, QueryTooExpensive, parse_query
-from serve_helpers import ServerThread, jpeg_bytes, png_bytes
+from serve_helpers import LOCAL, ServerThread, jpeg_bytes, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_serve_refuses_swaps_errors_and_bad_ids(setup, tagger):
 
     d, db, secret, _ = setup
     fid = ids(db)
-    with TestClient(create_app(tagger, gallery_db=str(db))) as c:
+    with TestClient(create_app(tagger, gallery_db=str(db)), base_url=LOCAL) as c:
         ok = c.get(f"/v1/gallery/files/{fid['img0.png']}/image")
         assert ok.status_code == 200 and ok.content == (d / "img0.png").read_bytes()
         assert ok.headers["content-type"] == "image/png"
