@@ -180,8 +180,10 @@ class Gallery:
             tag_counts = []
             if counts:
                 tag_counts = [{"tag": t[0], "category": t[1], "count": t[2]} for t in con.execute(
-                    "SELECT t.tag, t.category, COUNT(*) AS n FROM hits h JOIN tags t ON t.file_id = h.id "
-                    "WHERE t.selected = 1 GROUP BY t.tag ORDER BY n DESC, t.tag LIMIT ?", (counts,))]
+                    # CROSS JOIN: from the matches to their tags by key (not every selected tag of the
+                    # gallery, each probed against the matches)
+                    "SELECT t.tag, t.category, COUNT(*) AS n FROM hits h CROSS JOIN tags t ON t.file_id = h.id "
+                    "WHERE +t.selected = 1 GROUP BY t.tag ORDER BY n DESC, t.tag LIMIT ?", (counts,))]
         except sqlite3.OperationalError as exc:
             if steps[0] > self.query_budget:
                 raise QueryTooExpensive(f"query too expensive: more than {self.query_budget:,} database steps; "
