@@ -174,3 +174,31 @@ def test_read_only_disk_real(folder, tiny_model, tmp_path):
         assert "Traceback" not in err and "Read-only file system" in err, (name, err)
     d = (tmp_path / "d.err").read_text()
     assert d.count("cannot write caption") == N  # one line per image (per-file failures)
+
+
+@needs_tmpfs
+def test_gallery_index_on_a_full_disk(folder, tiny_model, tmp_path):
+    """`index` into a database on a disk that fills up: one line (exit 1 mid-run, 2 if even the schema does
+    not fit), and once there is room a plain rerun completes the same database."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    index = f"{sys.executable} -m animetagnet index {folder} --db {mnt}/g.db --model {tiny_model} -q"
+    search = f"{sys.executable} -m animetagnet search --db {mnt}/g.db --format json --limit 1000"
+    proc = in_namespace(f"""
+        mount -t tmpfs -o size=128k tmpfs {mnt}
+        set +e
+        {index} 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc
+        mount -o remount,size=8m {mnt}
+        {index} 2> {tmp_path}/again.err; echo $? > {tmp_path}/again.rc
+        {search} > {tmp_path}/found.json 2> {tmp_path}/search.err
+        {index} --db /sys/g.db 2> {tmp_path}/sys.err; echo $? > {tmp_path}/sys.rc
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() in ("1", "2"), err
+    assert "Traceback" not in err and err.count("error:") == 1 and "database or disk is full" in err, err
+    assert (tmp_path / "again.rc").read_text().strip() == "0", (tmp_path / "again.err").read_text()
+    assert json.loads((tmp_path / "found.json").read_text())["total"] == N
+    sys_err = (tmp_path / "sys.err").read_text()
+    assert (tmp_path / "sys.rc").read_text().strip() == "2" and "Traceback" not in sys_err
+    assert "cannot write the gallery database" in sys_err

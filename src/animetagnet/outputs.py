@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterable
 
-from .errors import AnimeTagNetError, UsageError
+from .errors import UsageError, WriteError  # noqa: F401 - WriteError is part of this module's interface
 from .fileio import atomic_write_text, cleanup_stale_temp
 from .inputs import resume_key, resume_keys
 from .formatting import CaptionStyle, merge_caption
@@ -29,13 +29,6 @@ from .options import CAPTION_NAMES, FORMATS, ON_EXISTING  # noqa: F401 - defined
 from .results import TagResult
 
 CSV_COLUMNS = ("path", "rating", "rating_confidence", "character", "general", "other", "error")
-
-
-class WriteError(AnimeTagNetError):
-    """Results could not be written (disk full, file gone); the run stops, what was written stays whole."""
-
-    #: Exit status: some images are not done (as for failed images); a rerun with --resume continues.
-    exit_code = 1
 
 
 def _why(exc: OSError) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
 from ..confine import NotConfined, Root, confined_path, open_confined
-from ..errors import AnimeTagNetError, UsageError
+from ..errors import AnimeTagNetError, UsageError, WriteError
 from .query import QueryTooExpensive, build_where, parse_query
 
 SCHEMA_VERSION = 1
@@ -102,11 +102,15 @@ def connect(db_path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Co
             raise UsageError(f"gallery database not found: {db_path} (create it with `animetagnet index DIR --db FILE`)")
         con = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True, check_same_thread=False)
     else:
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(os.fspath(db_path))
-        con.execute("PRAGMA journal_mode=WAL")  # readers (the web gallery) never block the indexer
-        con.executescript(SCHEMA)
-        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:  # a folder or file we cannot write is a setup error, one line
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(os.fspath(db_path))
+            con.execute("PRAGMA journal_mode=WAL")  # readers (the web gallery) never block the indexer
+            con.executescript(SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            con.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise UsageError(f"cannot write the gallery database {db_path}: {getattr(exc, 'strerror', None) or exc}") from None
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA foreign_keys=ON")
     try:
@@ -397,6 +401,9 @@ def index_folder(db_path: str | os.PathLike, root: str, tagger, options=None, *,
         con.commit()
         if progress is not None:
             progress.close()
+    except sqlite3.Error as exc:  # a full disk mid-run: SQLite rolls back to the last commit, which stays
+        raise WriteError(f"cannot write the gallery database {db_path}: {exc}; what was committed before is kept, "
+                         "run index again once there is room") from None
     finally:
         con.close()
     return report
