@@ -202,3 +202,33 @@ def test_gallery_index_on_a_full_disk(folder, tiny_model, tmp_path):
     sys_err = (tmp_path / "sys.err").read_text()
     assert (tmp_path / "sys.rc").read_text().strip() == "2" and "Traceback" not in sys_err
     assert "cannot write the gallery database" in sys_err
+
+
+def test_ray_shard_folder_that_cannot_be_written_is_refused_before_ray_starts(folder, tiny_model):
+    proc = run_cli("tag", str(folder), "--model", str(tiny_model), "--engine", "ray", "-o", "/sys/shards")
+    assert proc.returncode == 2
+    one_line_error(proc, "cannot write result shards to /sys/shards")
+
+
+@needs_tmpfs
+def test_ray_shard_on_a_full_disk_is_a_write_error(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    code = textwrap.dedent(f"""
+        from animetagnet.distributed.shards import ShardStore
+        from animetagnet.errors import WriteError
+        import os
+        store = ShardStore({str(mnt)!r}, "jsonl")
+        store.write_shard("a", [{{"path": "x.jpg", "tags": {{}}}}])
+        try:
+            store.write_shard("b", [{{"path": f"{{i}}.jpg", "pad": "y" * 100}} for i in range(1000)])
+        except WriteError as exc:
+            print("WriteError:", exc)
+        print(sorted(n for n in os.listdir({str(mnt)!r})))
+    """)
+    (tmp_path / "shard_probe.py").write_text(code)
+    proc = in_namespace(f"mount -t tmpfs -o size=16k tmpfs {mnt}\n{sys.executable} {tmp_path / 'shard_probe.py'}",
+                        tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "WriteError: cannot write result shard" in proc.stdout and "No space left on device" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "['part-a.jsonl']"  # no partial shard, no temporary file

@@ -64,6 +64,8 @@ def todo(job: TagJob, captions) -> tuple[list[str], int, ShardStore | None]:
         done = resume_keys(p for p in paths if captions.is_done(p))
     dirs: dict[str, str] = {}
     left = [p for p in paths if resume_key(p, dirs) not in done]
+    if store is not None and left:
+        store.check_writable()
     return left, len(paths) - len(left), store
 
 
