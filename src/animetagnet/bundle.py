@@ -128,6 +128,13 @@ class ModelBundle:
             raise ModelError(f"{path}: no {MODEL_FILE} (a model directory holds {MODEL_FILE} and {LABELS_FILE})")
         if not (path / LABELS_FILE).is_file():
             raise ModelError(f"{path}: no {LABELS_FILE} beside {MODEL_FILE}")
+        return cls.read(path)
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelBundle":
+        """The label file and metadata of a directory, whatever runs its network (see backends.py)."""
+        if not (path / LABELS_FILE).is_file():
+            raise ModelError(f"{path}: no {LABELS_FILE} (the label file of the model)")
         vocab = Vocabulary.read_csv(path / LABELS_FILE)
         _warn_layout(path / LABELS_FILE, vocab)
         meta_path = path / METADATA_FILE
@@ -162,8 +169,10 @@ def looks_like_hub_id(text: str) -> bool:
     return hub.looks_like_repo_id(text)
 
 
-def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = None) -> Path:
-    """A local model directory for `model` (directory, model.onnx path or Hub repo id)."""
+def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = None, torch: bool = False) -> Path:
+    """A local model directory for `model` (directory, model.onnx path or Hub repo id).
+
+    `torch`: a Hub repo is fetched for its timm weights (config.json + model.safetensors) instead of model.onnx."""
     if model is None:
         model = os.environ.get("ANIMETAGNET_MODEL", DEFAULT_MODEL)
     path = Path(model).expanduser()
@@ -174,9 +183,16 @@ def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = No
     text = os.fspath(model)
     if path.exists() or not looks_like_hub_id(text):
         raise ModelError(f"model not found: {text} (pass a model directory, or a Hugging Face repo id like {DEFAULT_MODEL})")
-    return download_from_hub(text, cache_dir=cache_dir)
+    return download_from_hub(text, cache_dir=cache_dir, torch=torch)
 
 
-def download_from_hub(repo_id: str, *, cache_dir: str | None = None) -> Path:
-    """A WD-layout repo from the HF cache, downloaded once when the cache lacks model.onnx or its labels."""
+#: What the torch backend needs of a WD v3 Hub repo: timm's files instead of model.onnx.
+TIMM_FILES = ["config.json", "model.safetensors"]
+
+
+def download_from_hub(repo_id: str, *, cache_dir: str | None = None, torch: bool = False) -> Path:
+    """A WD-layout repo from the HF cache, downloaded once when the cache lacks model.onnx (or, for
+    `torch`, the timm weights) or its labels."""
+    if torch:
+        return hub.fetch(repo_id, [*TIMM_FILES, LABELS_FILE], [METADATA_FILE, "README.md"], cache_dir=cache_dir)
     return hub.fetch(repo_id, [MODEL_FILE, LABELS_FILE], _HUB_OPTIONAL, cache_dir=cache_dir)

@@ -49,6 +49,16 @@ def load_run(run_dir: Path, weights: str = "best"):
     return cfg, vocab, net.eval(), meta
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def to_onnx_bytes(graph: wdgraph.ExportGraph, size: int, opset: int = 17) -> bytes:
     """ONNX of `graph` taking [batch, size, size, 3]; outputs `output` (probabilities) and `embedding`."""
     import warnings
@@ -367,6 +377,8 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
             "backbone": cfg.model.backbone,
             "init_from": cfg.model.init_from,
             "weights": weights,
+            # The torch backend runs an export from these weights; the hash tells it they are still the exported ones.
+            "weights_sha256": _sha256(run_dir / "checkpoints" / f"{weights}.safetensors"),
             "epoch": wmeta.get("epoch"),
             "epochs_trained": len(history),
             "selected_by": f"val {wmeta.get('metric')}" if wmeta.get("metric") else None,

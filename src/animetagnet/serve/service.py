@@ -161,6 +161,7 @@ class TagService:
             "input_size": tagger.input_size,
             "device": tagger.device.device,
             "providers": list(tagger.device.providers),
+            "backend": str(getattr(tagger, "backend", "onnx")),
             "default_thresholds": self.default_thresholds(),
             "threshold_presets": presets,
             "default_preset": tagger.bundle.metadata.thresholds.get("default"),
