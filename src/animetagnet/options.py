@@ -41,6 +41,7 @@ DECODERS = ("auto", "threads", "processes", "gpu")
 SORT_ORDERS = ("confidence", "name", "model")
 FORMATS = ("table", "json", "jsonl", "csv", "txt")
 ON_EXISTING = ("skip", "append", "prepend", "overwrite")
+CAPTION_NAMES = ("stem", "full")
 SHARD_FORMATS = ("parquet", "jsonl")
 
 
@@ -407,6 +408,9 @@ class OutputOptions(OptionGroup):
     output: str | None = option(None, "result file for json/jsonl/csv (default: standard output); a directory "
                                       "of shards with --engine ray", short=("-o",), metavar="PATH", http=False)
     caption_extension: str = option(".txt", "caption file extension for --format txt", metavar="EXT", http=False)
+    caption_name: str = option("stem", "caption file names: stem (a.jpg -> a.txt; a.jpg and a.png in one folder "
+                                       "are refused, naming the pairs) or full (a.jpg -> a.jpg.txt)",
+                               choices=CAPTION_NAMES, http=False)
     output_dir: str | None = option(None, "write caption files here, mirroring the input tree", metavar="DIR", http=False)
     on_existing: str = option("skip", "what to do with an existing caption (or -o result file); default skip: "
                                       "never destroy anything", choices=ON_EXISTING, http=False)

@@ -120,6 +120,9 @@ class Tagger:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a preprocessed [N, H, W, 3] float32 BGR batch."""
         out = self.predictor.run(batch)
+        if out.shape[1] != len(self.vocab):  # a dynamic output axis, known only now
+            raise ModelError(f"{self.bundle.path}: the model returned {out.shape[1]} outputs but selected_tags.csv "
+                             f"lists {len(self.vocab)} tags; the label file does not belong to this model")
         if self._logits:
             out = 1.0 / (1.0 + np.exp(-out))
         return out
