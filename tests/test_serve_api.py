@@ -199,6 +199,20 @@ def test_pixel_limit_is_413(tiny_model):
         assert c.post("/v1/tag", files=upload(("s.png", png_bytes((40, 40)), "image/png"))).status_code == 200
 
 
+def test_padded_square_counts_against_the_pixel_limit(tiny_model):
+    """A long thin image is padded to a square before resizing: that square must fit --max-pixels too
+    (a 262 kB 30000x2900 PNG cost 3.8 GB before), except where JPEG draft mode shrinks it first."""
+    small = Tagger(tiny_model, max_pixels=30_000)
+    with TestClient(create_app(small), base_url=LOCAL) as c:
+        strip = png_bytes((1000, 20))  # 20,000 pixels, padded to 1000x1000
+        err = assert_error(c.post("/v1/tag", files=upload(("strip.png", strip, "image/png"))), 413, "too_many_pixels")
+        assert "1000x1000" in err["message"]
+        assert c.post("/v1/tag", files=upload(("ok.png", png_bytes((170, 170)), "image/png"))).status_code == 200
+        # a 400x60 JPEG decodes at 1/8 (draft mode, model input 32): its square is 50x50
+        wide = c.post("/v1/tag", files=upload(("wide.jpg", jpeg_bytes((400, 60)), "image/jpeg")))
+        assert wide.status_code == 200, wide.text
+
+
 def test_bad_parameters(client):
     png = ("a.png", png_bytes(), "image/png")
     assert_error(client.post("/v1/tag?general_threshold=1.5", files=upload(png)), 422, "invalid_request")

@@ -93,3 +93,11 @@ def test_without_the_serve_extra_serve_says_so_and_the_gallery_still_works(tmp_p
                      f"'--model', {str(model)!r}, '-q']) or main(['search', '--db', {db!r}, '']))", blocked)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("a.png")
+
+
+def test_serve_refuses_bad_security_options_in_one_line(tmp_path):
+    for extra, words in ((["--allowed-origin", "app.example.com"], "scheme://host"),
+                         (["--max-inflight-mb", "8"], "--max-inflight-mb")):
+        r = subprocess.run([sys.executable, "-m", "animetagnet", "serve", "--model", str(tmp_path / "none"), *extra],
+                           env=env(), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr

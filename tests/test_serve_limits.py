@@ -328,7 +328,7 @@ def test_concurrent_big_uploads_beyond_the_budget_get_503_with_retry_after(tagge
 # --- the command line and the logs -----------------------------------------------------
 def test_connection_cap_fits_the_file_limit():
     fitted, warning = fit_connections(ConnectionLimits(max_connections=5000), 1024)
-    assert fitted.max_connections == 1024 - 128 and "ulimit -n" in warning
+    assert fitted.max_connections == 1024 - 256 - 128 and "ulimit -n" in warning
     same, none = fit_connections(ConnectionLimits(max_connections=100), 1024)
     assert same.max_connections == 100 and none is None
 
@@ -344,3 +344,23 @@ def test_repeated_log_lines_are_held_back():
     f.seen[("asyncio", "socket.accept() out of system resource")][0] -= 61
     last = rec()
     assert f.filter(last) and "999 more like this" in last.msg
+
+
+def test_websocket_scopes_get_the_host_rule_too():
+    import asyncio
+
+    from animetagnet.serve.security import SecurityMiddleware
+
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["type"])
+
+    async def send(msg):
+        sent.append(msg)
+
+    mw = SecurityMiddleware(app)
+    asyncio.run(mw({"type": "websocket", "headers": [(b"host", b"attacker.example")]}, None, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []
+    asyncio.run(mw({"type": "websocket", "headers": [(b"host", b"localhost:8000")]}, None, send))
+    assert reached == ["websocket"]

@@ -49,6 +49,22 @@ class ModelMetadata:
         if not isinstance(data, dict):
             raise ModelError(f"{source}: expected a JSON object")
         known = {"name", "outputs", "preprocessing", "thresholds", "provenance", "metrics"}
+        for key in ("preprocessing", "thresholds", "provenance", "metrics"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise ModelError(f"{source}: {key!r} must be a JSON object, not {type(data[key]).__name__} "
+                                 f"{data[key]!r:.60}")
+        if data.get("name") is not None and not isinstance(data["name"], str):
+            raise ModelError(f"{source}: 'name' must be a string")
+        size = (data.get("preprocessing") or {}).get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise ModelError(f"{source}: preprocessing 'size' must be a positive whole number of pixels, "
+                             f"not {size!r:.60}")
+        thresholds = data.get("thresholds") or {}
+        presets = thresholds.get("presets")
+        if presets is not None and not (isinstance(presets, dict) and all(isinstance(v, dict) for v in presets.values())):
+            raise ModelError(f"{source}: thresholds 'presets' must map preset names to objects")
+        if thresholds.get("default") is not None and not isinstance(thresholds["default"], str):
+            raise ModelError(f"{source}: thresholds 'default' must be a preset name")
         meta = cls(
             name=data.get("name"),
             outputs=data.get("outputs", "probabilities"),
@@ -112,13 +128,20 @@ class ModelBundle:
             raise ModelError(f"{path}: no {MODEL_FILE} (a model directory holds {MODEL_FILE} and {LABELS_FILE})")
         if not (path / LABELS_FILE).is_file():
             raise ModelError(f"{path}: no {LABELS_FILE} beside {MODEL_FILE}")
+        return cls.read(path)
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelBundle":
+        """The label file and metadata of a directory, whatever runs its network (see backends.py)."""
+        if not (path / LABELS_FILE).is_file():
+            raise ModelError(f"{path}: no {LABELS_FILE} (the label file of the model)")
         vocab = Vocabulary.read_csv(path / LABELS_FILE)
         _warn_layout(path / LABELS_FILE, vocab)
         meta_path = path / METADATA_FILE
         if meta_path.is_file():
             try:
                 data = json.loads(meta_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ModelError(f"{meta_path}: invalid JSON: {exc}") from None
             metadata = ModelMetadata.from_dict(data, str(meta_path))
         else:
@@ -146,8 +169,10 @@ def looks_like_hub_id(text: str) -> bool:
     return hub.looks_like_repo_id(text)
 
 
-def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = None) -> Path:
-    """A local model directory for `model` (directory, model.onnx path or Hub repo id)."""
+def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = None, torch: bool = False) -> Path:
+    """A local model directory for `model` (directory, model.onnx path or Hub repo id).
+
+    `torch`: a Hub repo is fetched for its timm weights (config.json + model.safetensors) instead of model.onnx."""
     if model is None:
         model = os.environ.get("ANIMETAGNET_MODEL", DEFAULT_MODEL)
     path = Path(model).expanduser()
@@ -158,9 +183,16 @@ def resolve_model(model: str | os.PathLike | None, *, cache_dir: str | None = No
     text = os.fspath(model)
     if path.exists() or not looks_like_hub_id(text):
         raise ModelError(f"model not found: {text} (pass a model directory, or a Hugging Face repo id like {DEFAULT_MODEL})")
-    return download_from_hub(text, cache_dir=cache_dir)
+    return download_from_hub(text, cache_dir=cache_dir, torch=torch)
 
 
-def download_from_hub(repo_id: str, *, cache_dir: str | None = None) -> Path:
-    """A WD-layout repo from the HF cache, downloaded once when the cache lacks model.onnx or its labels."""
+#: What the torch backend needs of a WD v3 Hub repo: timm's files instead of model.onnx.
+TIMM_FILES = ["config.json", "model.safetensors"]
+
+
+def download_from_hub(repo_id: str, *, cache_dir: str | None = None, torch: bool = False) -> Path:
+    """A WD-layout repo from the HF cache, downloaded once when the cache lacks model.onnx (or, for
+    `torch`, the timm weights) or its labels."""
+    if torch:
+        return hub.fetch(repo_id, [*TIMM_FILES, LABELS_FILE], [METADATA_FILE, "README.md"], cache_dir=cache_dir)
     return hub.fetch(repo_id, [MODEL_FILE, LABELS_FILE], _HUB_OPTIONAL, cache_dir=cache_dir)

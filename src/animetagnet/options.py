@@ -35,9 +35,13 @@ DEFAULT_CHARACTER_THRESHOLD = 0.85
 #: MCut on character tags keeps a floor, as in the reference taggers.
 MCUT_CHARACTER_FLOOR = 0.15
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "onnx", "torch")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DECODERS = ("auto", "threads", "processes", "gpu")
 SORT_ORDERS = ("confidence", "name", "model")
 FORMATS = ("table", "json", "jsonl", "csv", "txt")
 ON_EXISTING = ("skip", "append", "prepend", "overwrite")
+CAPTION_NAMES = ("stem", "full")
 SHARD_FORMATS = ("parquet", "jsonl")
 
 
@@ -245,15 +249,26 @@ class ModelOptions(OptionGroup):
     model: str | None = option(
         None, "model directory (model.onnx + selected_tags.csv), a model.onnx path, or a Hugging Face repo id; "
               "default: $ANIMETAGNET_MODEL or SmilingWolf/wd-swinv2-tagger-v3", short=("-m",), http=False)
-    device: str = option("auto", "auto uses CUDA when onnxruntime-gpu works, else CPU (the device used is always "
-                                 "reported)", choices=DEVICES, http=False)
-    threads: int | None = option(None, "onnxruntime intra-op threads (default: its own choice)", metavar="N", ge=1, http=False)
+    device: str = option("auto", "auto uses a GPU when a backend can (onnxruntime-gpu, else PyTorch), else CPU "
+                                 "(the device used is always reported)", choices=DEVICES, http=False)
+    backend: str = option("auto", "what runs the network: onnx (onnxruntime), torch (PyTorch: WD v3 timm repos, "
+                                  "our runs and exports; extra [torch]), or auto: onnxruntime CUDA if it works, else "
+                                  "torch CUDA if torch sees a GPU, else onnxruntime CPU (always reported)",
+                          choices=BACKENDS, http=False)
+    precision: str | None = option(None, "torch backend: fp32, or bf16/fp16 autocast (default bf16 on CUDA where "
+                                         "supported, else fp16; fp32 on CPU)", choices=PRECISIONS, http=False)
+    decoder: str = option("auto", "how image files are decoded: threads, processes (a process pool), or gpu "
+                                  "(torch backend: JPEGs decoded and resized on the model's device); auto: processes "
+                                  "when the model runs on CUDA, else threads", choices=DECODERS, http=False)
+    threads: int | None = option(None, "onnxruntime (or torch) intra-op threads (default: its own choice)", metavar="N",
+                                 ge=1, http=False)
     batch_size: int | None = option(None, "images per inference call (default 4 on CPU, 32 on CUDA)", metavar="N", ge=1, http=False)
     max_pixels: int | None = option(
         DEFAULT_MAX_PIXELS, f"refuse images with more pixels than this (decompression-bomb guard, default "
                             f"{DEFAULT_MAX_PIXELS:,})", metavar="N", ge=1, http=False)
     exact: bool = option(False, "decode JPEGs at full size (no draft-mode downscale)", http=False)
-    workers: int | None = option(None, "decoding threads", metavar="N", ge=1, http=False)
+    workers: int | None = option(None, "decoding threads or processes (default: 2-8 on CPU, all cores but one with "
+                                       "a GPU)", metavar="N", ge=1, http=False)
 
     #: Fields that are not arguments of `Tagger` (they feed its iterators).
     not_for_tagger: ClassVar[frozenset[str]] = frozenset({"workers"})
@@ -393,6 +408,9 @@ class OutputOptions(OptionGroup):
     output: str | None = option(None, "result file for json/jsonl/csv (default: standard output); a directory "
                                       "of shards with --engine ray", short=("-o",), metavar="PATH", http=False)
     caption_extension: str = option(".txt", "caption file extension for --format txt", metavar="EXT", http=False)
+    caption_name: str = option("stem", "caption file names: stem (a.jpg -> a.txt; a.jpg and a.png in one folder "
+                                       "are refused, naming the pairs) or full (a.jpg -> a.jpg.txt)",
+                               choices=CAPTION_NAMES, http=False)
     output_dir: str | None = option(None, "write caption files here, mirroring the input tree", metavar="DIR", http=False)
     on_existing: str = option("skip", "what to do with an existing caption (or -o result file); default skip: "
                                       "never destroy anything", choices=ON_EXISTING, http=False)
@@ -452,6 +470,8 @@ class ServeOptions(OptionGroup):
         split=",", metavar="ORIGIN", http=False)
     max_inflight_mb: float = option(256.0, "request bodies in flight across all requests, at most (default 256 MiB; "
                                            "beyond it uploads get 503 with Retry-After)", metavar="MB", gt=0, http=False)
+    max_queue: int = option(1024, "decoded images waiting for the model, at most (default 1024; each holds "
+                                  "12 x input size^2 bytes); beyond it uploads get 503", metavar="N", ge=1, http=False)
     max_connections: int = option(512, "open connections at most (default 512); beyond it the longest-idle one is "
                                        "closed, or the new one refused with 503", metavar="N", ge=1, http=False)
     header_timeout: float = option(10.0, "seconds a client has to send a complete request head, from connecting or "
@@ -471,7 +491,7 @@ class ServeOptions(OptionGroup):
 
         return Limits(max_request_bytes=int(self.max_request_mb * MiB), max_file_bytes=int(self.max_upload_mb * MiB),
                       max_files=self.max_files, request_timeout=self.request_timeout,
-                      max_inflight_bytes=int(self.max_inflight_mb * MiB))
+                      max_inflight_bytes=int(self.max_inflight_mb * MiB), max_queue=self.max_queue)
 
     def connection_limits(self):
         """The server's connection settings (serve/connections.py)."""

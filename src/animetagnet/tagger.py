@@ -7,9 +7,10 @@ window so memory stays flat, and results come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -17,10 +18,11 @@ import numpy as np
 from PIL import Image
 
 from .bundle import ModelBundle
-from .errors import ImageError, ModelError
+from .errors import ImageError, ModelError, UsageError
+from .options import DECODERS
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_and_preprocess, preprocess
 from .postprocess import TagSelector, ThresholdOptions
-from .predict import DEFAULT_BATCH, Predictor, usable_cores
+from .predict import DEFAULT_BATCH, usable_cores
 from .results import TagResult
 
 
@@ -31,10 +33,24 @@ class LoadedImage:
     error: str | None = None
 
 
-def default_workers() -> int:
+def default_workers(device: str = "cpu") -> int:
     # Decoding threads share the cores with onnxruntime's own threads; two keep a 2-core CPU's
-    # model fed without starving it (benchmarks/bench_tagging.py measures this).
+    # model fed without starving it (benchmarks/bench_tagging.py measures this). A GPU leaves the
+    # cores to decoding, and needs them all (benchmarks/gpu_tagging_training.py).
+    if device == "cuda":
+        return max(2, usable_cores() - 1)
     return max(2, min(8, usable_cores()))
+
+
+def load_file(path: str, size: int, exact: bool, max_pixels: int | None, dtype=np.float32) -> LoadedImage:
+    """One file through THE preprocessing, failures as data (module-level: process pools pickle it)."""
+    try:
+        arr = load_and_preprocess(path, size, exact=exact, max_pixels=max_pixels)
+        return LoadedImage(path, arr if dtype is np.float32 else arr.astype(dtype))
+    except ImageError as exc:
+        return LoadedImage(path, None, exc.reason)
+    except Exception as exc:  # noqa: BLE001 - one hostile file must never end a batch
+        return LoadedImage(path, None, f"unexpected {type(exc).__name__}: {exc}")
 
 
 class Tagger:
@@ -49,6 +65,9 @@ class Tagger:
         model: str | os.PathLike | ModelBundle | None = None,
         *,
         device: str = "auto",
+        backend: str = "auto",
+        precision: str | None = None,
+        decoder: str = "auto",
         threads: int | None = None,
         spin: bool | None = None,
         batch_size: int | None = None,
@@ -56,8 +75,10 @@ class Tagger:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         cache_dir: str | None = None,
     ):
-        self.bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model, cache_dir=cache_dir)
-        self.predictor = Predictor(self.bundle.model_path, device=device, threads=threads, spin=spin)
+        from .backends import open_model
+
+        self.bundle, self.predictor, self.backend = open_model(
+            model, backend=backend, device=device, precision=precision, threads=threads, spin=spin, cache_dir=cache_dir)
         self.vocab = self.bundle.vocab
         n_out = self.predictor.num_outputs
         if n_out is not None and n_out != len(self.vocab):
@@ -72,6 +93,12 @@ class Tagger:
             )
         self.input_size = self.predictor.input_size
         self.batch_size = batch_size or DEFAULT_BATCH[self.predictor.device.device]
+        if decoder not in DECODERS:
+            raise UsageError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+        if decoder == "gpu" and self.backend.backend != "torch":
+            raise UsageError("--decoder gpu decodes on the torch backend's device; add --backend torch")
+        self._pool: tuple[int, ProcessPoolExecutor] | None = None
+        self.decoder = decoder if decoder != "auto" else "processes" if self.device.device == "cuda" else "threads"
         self.exact = exact
         self.max_pixels = max_pixels
         self._logits = self.bundle.metadata.outputs == "logits"
@@ -82,7 +109,8 @@ class Tagger:
         return self.predictor.device
 
     def describe(self) -> str:
-        return f"model {self.bundle.name} ({len(self.vocab)} tags, {self.input_size}px) on {self.device}"
+        return (f"model {self.bundle.name} ({len(self.vocab)} tags, {self.input_size}px) on {self.device}, "
+                f"{self.backend}, {self.decoder} decoding")
 
     def selector(self, options: ThresholdOptions | None = None) -> TagSelector:
         preset = self.bundle.metadata.preset(options.preset if options else None)
@@ -92,6 +120,9 @@ class Tagger:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a preprocessed [N, H, W, 3] float32 BGR batch."""
         out = self.predictor.run(batch)
+        if out.shape[1] != len(self.vocab):  # a dynamic output axis, known only now
+            raise ModelError(f"{self.bundle.path}: the model returned {out.shape[1]} outputs but selected_tags.csv "
+                             f"lists {len(self.vocab)} tags; the label file does not belong to this model")
         if self._logits:
             out = 1.0 / (1.0 + np.exp(-out))
         return out
@@ -147,19 +178,19 @@ class Tagger:
     def iter_probabilities(
         self, paths: Iterable[str | os.PathLike], *, workers: int | None = None
     ) -> Iterator[tuple[LoadedImage, np.ndarray | None]]:
-        """The pipelined engine: decode ahead in threads, infer in batches, keep order."""
-        workers = workers or default_workers()
+        """The pipelined engine: decode ahead (threads, processes or the GPU), infer in batches, keep order."""
+        workers = workers or default_workers(self.device.device)
+        if self.decoder == "gpu":
+            from .torch_backend import iter_gpu_decoded
+
+            yield from iter_gpu_decoded(self, paths, workers=workers)
+            return
         window = self.batch_size * 2 + workers  # decoded-but-not-inferred images held at most
         pending: deque[Future[LoadedImage]] = deque()
         ready: list[LoadedImage] = []
-
-        def load(p: str) -> LoadedImage:
-            try:
-                return LoadedImage(p, load_and_preprocess(p, self.input_size, exact=self.exact, max_pixels=self.max_pixels))
-            except ImageError as exc:
-                return LoadedImage(p, None, exc.reason)
-            except Exception as exc:  # noqa: BLE001 - one hostile file must never end a batch
-                return LoadedImage(p, None, f"unexpected {type(exc).__name__}: {exc}")
+        # Processes hand back uint8 (exact, a quarter of the bytes to pickle); threads what the backend takes.
+        dtype = np.uint8 if self.decoder == "processes" else getattr(self.predictor, "wire_dtype", np.float32)
+        args = (self.input_size, self.exact, self.max_pixels, dtype)
 
         def flush() -> Iterator[tuple[LoadedImage, np.ndarray | None]]:
             good = [it for it in ready if it.error is None]
@@ -175,7 +206,11 @@ class Tagger:
                     yield it, None
             ready.clear()
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        if self.decoder == "processes":
+            pool, scope = self._process_pool(workers), contextlib.nullcontext()
+        else:
+            pool = scope = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        with scope:
             it = iter(paths)
             exhausted = False
             while True:
@@ -185,7 +220,7 @@ class Tagger:
                     except StopIteration:
                         exhausted = True
                         break
-                    pending.append(pool.submit(load, os.fspath(p)))
+                    pending.append(pool.submit(load_file, os.fspath(p), *args))
                 if not pending:
                     break
                 ready.append(pending.popleft().result())
@@ -194,8 +229,22 @@ class Tagger:
             if ready:
                 yield from flush()
 
+    def _process_pool(self, workers: int) -> ProcessPoolExecutor:
+        """The decoding processes, started once per Tagger (a Ray replica tags many batches)."""
+        if self._pool is None or self._pool[0] != workers:
+            import multiprocessing
+
+            if self._pool is not None:
+                self._pool[1].shutdown(cancel_futures=True)
+            # forkserver: never fork a process that holds onnxruntime/CUDA threads.
+            self._pool = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")))
+        return self._pool[1]
+
     def close(self) -> None:
-        """Free the model (onnxruntime session and its memory)."""
+        """Free the model (onnxruntime session or torch module and its memory) and the decoding processes."""
+        if self._pool is not None:
+            self._pool[1].shutdown(cancel_futures=True)
+            self._pool = None
         self.predictor.close()
 
     def __enter__(self) -> "Tagger":

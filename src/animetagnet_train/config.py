@@ -84,6 +84,10 @@ class DataConfig(_Section):
     limit_train: int = 0  # 0: all; smoke recipes use a few
     limit_val: int = 0
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    # Pre-resized uint8 cache at model.image_size (cache.py): null (decode every epoch), "auto"
+    # (DATASET_DIR/.cache/SIZEpx, built or finished at the start), or a directory.
+    cache: Optional[str] = None
+    cache_verify: bool = True  # recompute the shards' sha256 at the start (false: trust sizes)
 
 
 class LossConfig(_Section):

@@ -49,6 +49,16 @@ def load_run(run_dir: Path, weights: str = "best"):
     return cfg, vocab, net.eval(), meta
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def to_onnx_bytes(graph: wdgraph.ExportGraph, size: int, opset: int = 17) -> bytes:
     """ONNX of `graph` taking [batch, size, size, 3]; outputs `output` (probabilities) and `embedding`."""
     import warnings
@@ -215,12 +225,19 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
     lines += [
         "",
         "## Which tools read it",
-        "Checked by this project's tests with each tool's convention (imgutils with its own code):",
-        "- imgutils `get_wd14_tags`: reads the input size from the model and needs the two outputs; any size works.",
+        "Checked by this project's tests on a model trained on real faces: imgutils with its own code, the "
+        "others with their reading conventions restated (they cannot be installed from a registry).",
+        "- imgutils `get_wd14_tags` (from a Hugging Face cache entry): reads the input size from the model and "
+        "needs the two outputs; any size works; tags and confidences equal `animetagnet tag --exact`.",
         "- ComfyUI-WD14-Tagger (flat `NAME.onnx` + `NAME.csv`, `animetagnet export --comfyui DIR`) and the A1111 "
-        "wd14 tagger extensions: read the input size from the model; any size works.",
-        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx`: always feeds 448 px; use an export made with "
-        "`--input-size 448`" + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
+        "wd14 tagger extensions: read the input size from the model; any size works; they resize with other "
+        "filters than ours, so a confidence near a threshold can differ slightly.",
+        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx` (`--model_dir PARENT --repo_id FOLDER`): always "
+        "feeds 448 px; use an export made with `--input-size 448`"
+        + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
+        "- The 448 px export resizes to the trained size inside the graph: on the faces recipe it cost 0.0001 "
+        "test mAP against the native size (benchmarks/RESULTS.md); measure yours with "
+        "`animetagnet evaluate --model NATIVE --compare EXPORT_448`.",
         "",
         "## Training",
     ]
@@ -369,6 +386,8 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
             "backbone": cfg.model.backbone,
             "init_from": cfg.model.init_from,
             "weights": weights,
+            # The torch backend runs an export from these weights; the hash tells it they are still the exported ones.
+            "weights_sha256": _sha256(run_dir / "checkpoints" / f"{weights}.safetensors"),
             "epoch": wmeta.get("epoch"),
             "epochs_trained": len(history),
             "selected_by": f"val {wmeta.get('metric')}" if wmeta.get("metric") else None,

@@ -154,7 +154,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> dict:
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bool, dataset_dir: Path) -> None:
     state = run_dir / "checkpoints" / checkpoint.STATE_FILE
     if resume:
-        if not state.is_file():
+        if not checkpoint.has_state(run_dir):
             raise TrainingError(f"--resume: {run_dir} has no checkpoint to resume from ({state} missing)")
         saved = Vocabulary.read_csv(run_dir / "selected_tags.csv")
         if saved.names != vocab.names:
@@ -170,7 +170,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bo
             info.setdefault("resumed_with", []).append(changes)
             atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
         return
-    if state.is_file():
+    if checkpoint.has_state(run_dir):
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
@@ -278,8 +278,23 @@ class Trainer:
         if cfg.data.limit_val:
             val_split = data.Split(*(x[: cfg.data.limit_val] for x in (val_split.ids, val_split.paths, val_split.labels)))
         size, n_tags = cfg.model.image_size, len(self.vocab)
-        self.train_ds = data.TagDataset(train_split, n_tags, size, cfg.data.augment, seed=cfg.train.seed)
-        self.val_ds = data.TagDataset(val_split, n_tags, size, None)
+        self.cached = bool(cfg.data.cache)
+        if self.cached:
+            from . import cache
+
+            cache.check_augment(cfg.data.augment)
+            cdir = cache.ensure(ds.root, size, cfg.data.cache, workers=max(1, cfg.data.workers),
+                                verify=cfg.data.cache_verify, log=lambda m: _log(dist, m)) if dist.main else None
+            dist.barrier()
+            if cdir is None:  # other ranks: the directory rank 0 just built
+                cdir = cache.default_dir(ds.root, size) if cfg.data.cache == "auto" else Path(cfg.data.cache).expanduser()
+            self.train_ds = cache.CachedTagDataset(cache.CachedImages(cdir, "train", ds.split("train"), size),
+                                                   train_split, n_tags, cfg.data.augment, seed=cfg.train.seed)
+            self.val_ds = cache.CachedTagDataset(cache.CachedImages(cdir, "val", ds.split("val"), size),
+                                                 val_split, n_tags, None)
+        else:
+            self.train_ds = data.TagDataset(train_split, n_tags, size, cfg.data.augment, seed=cfg.train.seed)
+            self.val_ds = data.TagDataset(val_split, n_tags, size, None)
         self.sampler = data.EpochSampler(len(self.train_ds), cfg.train.seed, shuffle=True, rank=dist.rank, world=dist.world)
         bs = cfg.data.batch_size
         # A tiny last batch would break BatchNorm; keep it only when an epoch is shorter than two batches.
@@ -287,10 +302,17 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler) // bs if self.drop_last else math.ceil(len(self.sampler) / bs)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
-        self.val_loader = data.make_loader(
+        self.val_loader = self._make_loader(
             self.val_ds, data.EpochSampler(len(self.val_ds), 0, shuffle=False), cfg.data.val_batch_size or bs,
             cfg.data.workers, self.device.type == "cuda", False,
         )
+
+    def _make_loader(self, dataset, sampler, batch_size, workers, pin, drop_last):
+        if self.cached:
+            from . import cache
+
+            return cache.make_loader(dataset, sampler, batch_size, workers, pin, drop_last)
+        return data.make_loader(dataset, sampler, batch_size, workers, pin, drop_last)
 
     def amp_ctx(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -328,7 +350,7 @@ class Trainer:
         start_step = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
         self.train_ds.epoch = epoch
         self.sampler.set_epoch(epoch, start_step * bs)
-        loader = data.make_loader(self.train_ds, self.sampler, bs, cfg.data.workers, self.device.type == "cuda", self.drop_last)
+        loader = self._make_loader(self.train_ds, self.sampler, bs, cfg.data.workers, self.device.type == "cuda", self.drop_last)
         self.train_net.train()
         bar = self._bar(epoch, start_step)
         t_epoch = t_last = time.perf_counter()
@@ -337,10 +359,10 @@ class Trainer:
         loss_sum, loss_n = (progress.get("loss_sum", 0.0), progress.get("loss_n", 0)) if start_step else (0.0, 0)
         step = start_step
         stopped = False
-        for images, targets in loader:
+        for images, targets, *aug in loader:
             wait_s += time.perf_counter() - t_last
             gstep = progress["global_step"]
-            lv = self._step(images, targets, gstep)
+            lv = self._step(images, targets, gstep, aug[0] if aug else None)
             loss_sum, loss_n, seen, step = loss_sum + lv, loss_n + 1, seen + images.shape[0], step + 1
             progress.update(global_step=gstep + 1, step_in_epoch=step, epoch=epoch, loss_sum=loss_sum, loss_n=loss_n)
             t_last = time.perf_counter()
@@ -377,12 +399,16 @@ class Trainer:
             "epoch_time_s": elapsed,
         }
 
-    def _step(self, images: torch.Tensor, targets: torch.Tensor, gstep: int) -> float:
+    def _step(self, images: torch.Tensor, targets: torch.Tensor, gstep: int, aug: torch.Tensor | None = None) -> float:
         cfg = self.cfg
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr(gstep)
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
+        if aug is not None:  # cached data: flips and crops on the device, on uint8
+            from .cache import augment_on_device
+
+            images = augment_on_device(images, aug)
         with self.amp_ctx():
             logits = self.train_net(images)
         loss = self.criterion(logits, targets)

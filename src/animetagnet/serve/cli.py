@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--no-recursive", dest="recursive", action="store_false", help="only DIR itself, no sub-folders")
     p.add_argument("--keep-missing", dest="prune", action="store_false",
                    help="keep entries of files that are no longer under DIR")
+    p.add_argument("--allow-symlinks", action="store_true",
+                   help="also index (and serve) symlinks to files outside DIR; by default they are refused")
     p.add_argument("--floor", type=float, default=None,
                    help="store every tag scoring at least this (default 0.1), for confidence searches")
     ModelOptions.add_arguments(p)
@@ -149,7 +151,8 @@ def run_index(args) -> int:
         return Progress(total, enabled=False if (quiet or args.no_progress) else None, label="indexing")
 
     report = index_folder(args.db, args.dir, tagger, thresholds, floor=floor, recursive=args.recursive,
-                          prune=args.prune, workers=model.workers, progress_factory=progress)
+                          prune=args.prune, workers=model.workers, progress_factory=progress,
+                          allow_symlinks=args.allow_symlinks)
     for path, reason in report.errors:
         print(f"animetagnet: skipped {path}: {reason}", file=sys.stderr)
     if not quiet:
@@ -163,10 +166,6 @@ def run_index(args) -> int:
 def run_search(args) -> int:
     from .gallery import Gallery
 
-    if args.limit < 1 or args.offset < 0:
-        from ..errors import UsageError
-
-        raise UsageError("--limit must be >= 1 and --offset >= 0")
     res = Gallery(args.db).search(args.query, limit=args.limit, offset=args.offset, counts=args.counts)
     fmt = args.format or ("table" if sys.stdout.isatty() else "paths")
     out = sys.stdout

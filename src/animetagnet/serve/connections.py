@@ -25,14 +25,16 @@ every refusal and answers in plain text, so 1,050 idle sockets would make every 
 503 (with a log line each) rather than push an idle socket out; and uvicorn has no deadline at
 all for a connection that never sends a complete head (its keep-alive timer starts only after
 a first response, and any byte cancels it). Those settings that do the right thing are used
-as they are: `timeout_keep_alive`, `h11_max_incomplete_event_size`, `backlog`. Why not a
+as they are: `timeout_keep_alive`, `h11_max_incomplete_event_size`, and `backlog`, lowered from
+uvicorn's 2,048 to 256 because asyncio accepts up to `backlog` sockets per loop tick before any
+can be refused. Why not a
 front server (nginx): the default install is one Python process on loopback; behind nginx,
 its own limits apply first (docs/serve.md has a configuration) and these stay as a backstop.
 The h11 protocol is pinned (not httptools even when installed) so that the guards always apply.
 
 `raise_file_limit()` lifts the soft RLIMIT_NOFILE to the hard limit, and `fit_connections`
-keeps `max_connections` under what the process may open, so accept() never runs out of file
-descriptors. asyncio logs "socket.accept() out of system resource" up to `backlog` times per
+keeps `max_connections + backlog` under what the process may open, so accept() does not run
+out of file descriptors. asyncio logs "socket.accept() out of system resource" up to `backlog` times per
 second when it does (that was the 135 MB log); `QuietRepeats` keeps such a message to one line
 per interval, with the count of those held back.
 """
@@ -66,8 +68,10 @@ class ConnectionLimits:
     max_header_bytes: int = 16 * 1024
     #: Seconds to keep reading (and discarding) a body nobody reads after the response.
     linger: float = 5.0
-    #: Kernel accept queue; it also bounds how many connections asyncio accepts per loop tick.
-    backlog: int = 2048
+    #: Kernel accept queue. It also bounds how many connections asyncio accepts in one loop
+    #: tick, before any of them can be refused or push an idle one out: so a burst can hold
+    #: max_connections + backlog descriptors for a moment, and both must fit the file limit.
+    backlog: int = 256
 
 
 def _static_response(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
@@ -248,14 +252,15 @@ def raise_file_limit() -> int | None:
 
 def fit_connections(limits: ConnectionLimits, file_limit: int | None) -> tuple[ConnectionLimits, str | None]:
     """`limits` with max_connections lowered to what `file_limit` leaves, and the warning to print if it was."""
-    if file_limit is None or limits.max_connections + RESERVED_FDS <= file_limit:
+    if file_limit is None or limits.max_connections + limits.backlog + RESERVED_FDS <= file_limit:
         return limits, None
-    fitted = max(1, file_limit - RESERVED_FDS)
+    fitted = max(1, file_limit - limits.backlog - RESERVED_FDS)
     from dataclasses import replace
 
     return replace(limits, max_connections=fitted), (
         f"--max-connections {limits.max_connections} lowered to {fitted}: the process may open only "
-        f"{file_limit} files (ulimit -n), {RESERVED_FDS} of them kept for other uses")
+        f"{file_limit} files (ulimit -n), {limits.backlog + RESERVED_FDS} of them kept for bursts of new "
+        "connections and other uses")
 
 
 def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:

@@ -6,8 +6,9 @@ what the app keeps, not twice its body. While the body streams:
 
 - a body above `max_bytes` gets 413 `request_too_large` as soon as it is announced
   (Content-Length) or grows past the limit (chunked), never after reading it all;
-- a multipart part above `max_file_bytes` (plus room for the part's own headers) gets 413 `file_too_large` as soon as it passes that size; the route still checks
-  each file's exact size;
+- a multipart part above `max_file_bytes` (plus room for the part's own headers) gets 413
+  `file_too_large` as soon as it passes that size; the route still checks each file's exact
+  size;
 - a client that stalls (`idle_timeout` between pieces, `total_timeout` in all) gets 408;
 - the bytes of bodies in flight across all requests stay within `InflightBudget`: a request
   takes its Content-Length before anything is read (a chunked one takes each piece as it

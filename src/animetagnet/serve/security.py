@@ -160,6 +160,12 @@ class SecurityMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":  # `serve` runs without websockets; an app that adds them gets the Host rule
+            host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+            parsed = parse_host_header(host)
+            if parsed is None or not self.hosts.allows(parsed[0]):
+                return await send({"type": "websocket.close", "code": 1008})
+            return await self.app(scope, receive, send)
         headers = {}
         for name, value in scope.get("headers", ()):
             if name in (b"host", b"origin", b"sec-fetch-site", b"referer") and name not in headers:

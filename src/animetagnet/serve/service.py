@@ -161,6 +161,7 @@ class TagService:
             "input_size": tagger.input_size,
             "device": tagger.device.device,
             "providers": list(tagger.device.providers),
+            "backend": str(getattr(tagger, "backend", "onnx")),
             "default_thresholds": self.default_thresholds(),
             "threshold_presets": presets,
             "default_preset": tagger.bundle.metadata.thresholds.get("default"),
@@ -239,9 +240,35 @@ class TagService:
         source = bytes(data) if isinstance(data, (bytearray, memoryview)) else data
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._decoder, self.tagger.prepare, source)
+            return await loop.run_in_executor(self._decoder, self._prepare_bounded, source)
         except ImageError as exc:
             raise image_error(exc, filename) from None
+
+    def _prepare_bounded(self, source) -> np.ndarray:
+        """`tagger.prepare`, after checking that the padded square also fits `max_pixels`.
+
+        Preprocessing pads to a max(w, h) square before resizing, so a long thin image costs
+        about 3.7 bytes per pixel of that square on top of the ~8 per decoded pixel: a 262 kB
+        30000x2900 PNG (under the pixel limit) took 3.8 GB. Bounding the square (after JPEG
+        draft mode, which shrinks it first) keeps a decode under ~12 x max_pixels bytes."""
+        from ..images import draft_request, open_image
+
+        tagger = self.tagger
+        limit = tagger.max_pixels
+        if limit is not None:
+            img = open_image(source, max_pixels=limit)
+            if img.format == "JPEG" and not tagger.exact:
+                request = draft_request(img.size, tagger.input_size)
+                if request is not None:
+                    img.draft("RGB" if img.mode not in ("L", "CMYK") else img.mode, request)
+            side = max(img.size)
+            if side * side > limit:
+                raise ImageError(f"too many pixels once padded to a square: {img.size[0]}x{img.size[1]} pads to "
+                                 f"{side}x{side} = {side * side:,} pixels, above the limit of {limit:,} "
+                                 "(decompression-bomb guard; raise it with --max-pixels if the file is trusted)")
+            if hasattr(source, "seek"):
+                source.seek(0)
+        return tagger.prepare(source)
 
     async def infer(self, array: np.ndarray) -> np.ndarray:
         try:
