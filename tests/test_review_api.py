@@ -266,3 +266,31 @@ def test_without_model_runs_unreadable_images_are_still_listed_with_their_reason
         assert not (folder / ".animetagnet-review.db").exists()      # --db elsewhere: nothing written into DIR
     finally:
         session.close()
+
+
+def test_symlinks_out_of_the_folder_are_never_followed(folder, tmp_path):
+    from animetagnet.serve.review.session import Filter, ReviewError, ReviewSession
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret, tags\n", encoding="utf-8")
+    shutil.copy(folder / "img0.jpg", outside / "elsewhere.jpg")
+    (folder / "img4.txt").unlink()
+    (folder / "img4.txt").symlink_to(outside / "secret.txt")           # a caption pointing out of DIR
+    (folder / "linked.jpg").symlink_to(outside / "elsewhere.jpg")      # an image pointing out of DIR
+    session = ReviewSession(folder, None, db=tmp_path / "j.db")
+    try:
+        items = {it["name"]: it for it in session.list_items(Filter())["items"]}
+        assert "symlink" in items["linked.jpg"]["problem"]
+        with pytest.raises(ReviewError) as err:
+            session.open_image(items["linked.jpg"]["id"])
+        assert err.value.status == 404
+        cap = items["img4.jpg"]
+        assert cap["caption_state"] == "unreadable" and "symlink" in cap["caption_error"] and cap["tags"] == []
+        with pytest.raises(ReviewError) as err:
+            session.edit(cap["id"], cap["version"], "add", tag="x")
+        assert err.value.code == "caption_unreadable"
+        session.bulk(Filter(), "add", "everywhere")
+        assert (outside / "secret.txt").read_text(encoding="utf-8") == "secret, tags\n"
+    finally:
+        session.close()

@@ -5,7 +5,7 @@ A caption keeps each tag exactly as the file spells it (`long hair`, `irys \\(ho
 in the style the file already uses (spaces or underscores, escaped parentheses, separator), so
 a reviewed folder stays in the layout its training tool expects. A file that is not UTF-8 is
 reported as unreadable and never rewritten. Every path here comes from our own scan of the
-folder (`inside`), never from a client.
+folder, resolved through `animetagnet.confine` (`inside`), never from a client.
 """
 
 from __future__ import annotations
@@ -16,25 +16,28 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...confine import NotConfined, Root, confined_path
 from ...datasets.folders import CAPTION_SUFFIXES
 from ...fileio import atomic_write_text
 from ...formatting import KAOMOJI, CaptionStyle, normalize_tag
 
 
-class OutsideFolder(Exception):
-    """A path that resolves outside the reviewed folder (a symlink out of it, say)."""
+#: A stored path that does not resolve to a file inside the reviewed folder (a symlink out of it, say).
+OutsideFolder = NotConfined
 
 
 def inside(root: Path, rel: str) -> Path:
-    """The file `rel` below `root`, refusing anything that resolves outside it.
-
-    The one place the review app turns a stored relative path into a file to open (kept
-    small so that it can become `animetagnet.confine.confined_path` once that lands)."""
-    base = root.resolve()
-    target = (base / rel).resolve()
-    if target != base and base not in target.parents:
-        raise OutsideFolder(f"{rel} resolves outside the reviewed folder")
-    return target
+    """The file `rel` below `root` through `animetagnet.confine`: a regular file whose real path is inside
+    the folder, or, for a caption not written yet, a name whose real parent folder is inside it."""
+    base = Root.of(root)
+    full = os.path.normpath(os.path.join(base.path, rel))
+    if not base.contains(full):
+        raise NotConfined("outside the reviewed folder", rel)
+    if os.path.lexists(full):
+        return Path(confined_path(base, rel))
+    if not base.contains(os.path.realpath(os.path.dirname(full))):
+        raise NotConfined("in a folder that resolves outside the reviewed folder", rel)
+    return Path(full)
 
 
 def caption_name(image_rel: str, siblings: set[str], extension: str = ".txt") -> str:

@@ -8,6 +8,7 @@ a caption changed on disk (reloaded, nothing written) or an unreadable caption.
 from __future__ import annotations
 
 import io
+import mimetypes
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -128,24 +129,27 @@ def complete(session: Session, q: str = Query(..., max_length=200), limit: int =
 
 @router.get("/v1/review/items/{item_id}/thumb", summary="A JPEG thumbnail", response_class=Response)
 def thumb(session: Session, item_id: int, size: int = Query(256, ge=32, le=768)):
-    path = call(session.image_path, item_id)
+    fh, _ = call(session.open_image, item_id)
     max_pixels = session.tagger.max_pixels if session.tagger is not None else None
     try:
-        img = to_rgb_on_white(load_image(path, max_pixels=max_pixels, draft_size=size))
+        img = to_rgb_on_white(load_image(fh, max_pixels=max_pixels, draft_size=size))
     except ImageError as exc:
         raise ApiError(404, "file_unavailable", f"image {item_id} cannot be read: {exc.reason}") from None
+    finally:
+        fh.close()
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/v1/review/items/{item_id}/image", summary="The original image file", response_class=FileResponse)
+@router.get("/v1/review/items/{item_id}/image", summary="The original image file", response_class=Response)
 def image(session: Session, item_id: int):
-    path = call(session.image_path, item_id)
-    if not path.is_file():
-        raise ApiError(404, "file_unavailable", f"image {item_id} is no longer on disk")
-    return FileResponse(path)
+    fh, name = call(session.open_image, item_id)
+    with fh:  # read from the descriptor that was checked (confine.open_confined)
+        data = fh.read()
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response(data, media_type=kind, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
 def install(app: FastAPI, session: ReviewSession) -> FastAPI:

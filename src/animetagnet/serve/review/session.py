@@ -228,9 +228,9 @@ class ReviewSession:
                     cap_rel = captions.caption_name(rel, names, self.extension).replace(os.sep, "/")
                     image_error = None
                     size = mtime = digest = None
+                    cap = self._read_caption(cap_rel)
                     try:
                         path = inside(self.root, rel)
-                        cap_path = inside(self.root, cap_rel)
                         st = path.stat()
                         size, mtime = st.st_size, st.st_mtime_ns
                         old = known.get(rel)
@@ -242,11 +242,9 @@ class ReviewSession:
                             digest = sha1_of(str(path))
                             image_error = self._header_error(path)
                     except OutsideFolder as exc:
-                        image_error, cap_path = str(exc), None
+                        image_error = exc.reason
                     except OSError as exc:
                         image_error = f"cannot read: {exc.strerror or exc}"
-                    cap = captions.read(cap_path) if cap_path is not None else Caption("unreadable", [], Style(),
-                                                                                        error="outside the folder")
                     old = known.get(rel)
                     if old is None:
                         self.con.execute(
@@ -276,6 +274,13 @@ class ReviewSession:
             self._load_scores()
             self.scan_report = report
             return report
+
+    def _read_caption(self, rel: str) -> Caption:
+        """The caption file as it is now; one that is not a regular file inside DIR is unreadable."""
+        try:
+            return captions.read(inside(self.root, rel))
+        except OutsideFolder as exc:
+            return Caption("unreadable", [], Style(), error=f"{exc.reason}; never written")
 
     def _header_error(self, path: Path) -> str | None:
         """Why the image cannot be read, from its header (the full decode happens when the model runs)."""
@@ -428,7 +433,11 @@ class ReviewSession:
 
     def _disk_changed(self, it: Item) -> Caption | None:
         """The caption as it is on disk now if it differs from what we last read or wrote, else None."""
-        path = inside(self.root, it.caption)
+        try:
+            path = inside(self.root, it.caption)
+        except OutsideFolder:
+            cap = self._read_caption(it.caption)
+            return None if it.caption_state == "unreadable" and it.caption_error == cap.error else cap
         sha = it.disk_sha1 if it.caption_state != "missing" else None
         if captions.unchanged(path, sha, it.disk_size, it.disk_mtime_ns):
             return None
@@ -461,7 +470,10 @@ class ReviewSession:
 
     def _write_item(self, it: Item, after: dict) -> None:
         """Put `after` on disk (inside an open transaction) and record the new fingerprint."""
-        path = inside(self.root, it.caption)
+        try:
+            path = inside(self.root, it.caption)
+        except OutsideFolder as exc:
+            raise ReviewError(409, "caption_unreadable", f"{it.caption}: {exc.reason}; not written") from None
         if not after["exists"]:
             captions.remove(path)
             cap = Caption("missing", [], it.style)
@@ -737,10 +749,12 @@ class ReviewSession:
                     "suggestions": dict(self._progress), "model": self.tagger.bundle.name if self.tagger else None,
                     "scan": self.scan_report, **self.can_undo_redo()}
 
-    def image_path(self, item_id: int) -> Path:
-        """The image file of an item, from the database and confined to DIR (never a client path)."""
+    def open_image(self, item_id: int):
+        """(binary file, name) of an item's image: the path from the database, opened under confinement to DIR."""
+        from ...confine import Root, open_confined
+
         it = self.get(item_id)
         try:
-            return inside(self.root, it.image)
+            return open_confined(Root.of(self.root), it.image), it.image.rsplit("/", 1)[-1]
         except OutsideFolder as exc:
-            raise ReviewError(404, "file_unavailable", str(exc)) from None
+            raise ReviewError(404, "file_unavailable", f"image {item_id}: {exc.reason}") from None
