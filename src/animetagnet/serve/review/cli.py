@@ -123,6 +123,14 @@ def run_report(args) -> int:
     if args.out and args.in_place:
         raise UsageError("--out and --in-place exclude each other")
     tagger, session = _session(args, suggest=False)
+    if args.out:  # refuse a bad target before any work
+        out = Path(args.out)
+        if out.resolve() == tagger.bundle.path.resolve():
+            session.close()
+            raise UsageError("--out is the model directory itself; pass --in-place to overwrite its thresholds")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            session.close()
+            raise UsageError(f"{out} exists and is not an empty directory")
     try:
         report = build_report(session, min_support=DEFAULT_MIN_SUPPORT if args.min_support is None else args.min_support)
     finally:
