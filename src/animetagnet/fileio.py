@@ -109,3 +109,14 @@ def json_safe(obj: Any) -> Any:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """`obj` through json_safe, indented, UTF-8, written atomically."""
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks (weights, cache shards)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -21,7 +21,6 @@ Pillow's own bicubic weights, so it equals the CPU path within rounding (see `re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from torch import nn
 
 from .bundle import LABELS_FILE, ModelBundle
 from .errors import DeviceError, ImageError, ModelError
+from .fileio import sha256_file
 from .predict import DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def _load_export(out_dir: Path):
         raise ModelError(f"{out_dir}: the torch backend needs the run's weights, and {wfile} is gone "
                          "(use --backend onnx for this export)")
     want = prov.get("weights_sha256")
-    if want and _sha256(wfile) != want:
+    if want and sha256_file(wfile) != want:
         raise ModelError(f"{out_dir}: {wfile} changed since the export (sha256 differs); export again, or use --backend onnx")
     try:
         cfg, run_vocab, net, _ = export.load_run(run_dir, weights)
@@ -250,12 +250,6 @@ def _load_export(out_dir: Path):
     return bundle, _Graph(wdgraph.ExportGraph(net, plan, network_size, size)), size
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- running ----------------------------------------------------------------------

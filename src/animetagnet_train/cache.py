@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from animetagnet.fileio import atomic_write_text
+from animetagnet.fileio import atomic_write_text, sha256_file
 
 from .config import AugmentConfig
 from .errors import TrainingError
@@ -58,12 +58,6 @@ def fingerprint(split) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decode(args) -> np.ndarray:
@@ -137,7 +131,7 @@ def build(dataset_dir: str | Path, size: int, cache_dir: str | Path | None = Non
                 path = cache_dir / fname
                 have = done.get(fname)
                 if have and have["start"] == start and have["count"] == count and path.is_file() \
-                        and path.stat().st_size == count * item_bytes and (not verify or _sha256(path) == have["sha256"]):
+                        and path.stat().st_size == count * item_bytes and (not verify or sha256_file(path) == have["sha256"]):
                     entry["shards"].append(have)
                     kept += 1
                     continue
@@ -153,7 +147,7 @@ def build(dataset_dir: str | Path, size: int, cache_dir: str | Path | None = Non
                 mm.flush()
                 del mm
                 os.replace(tmp, path)
-                entry["shards"].append({"file": fname, "start": start, "count": count, "sha256": _sha256(path)})
+                entry["shards"].append({"file": fname, "start": start, "count": count, "sha256": sha256_file(path)})
                 atomic_write_text(cache_dir / "manifest.json", json.dumps(manifest, indent=1) + "\n")
                 built += 1
                 log(f"cache {name}: {fname} ({count} images) in {time.perf_counter() - t0:.1f} s")

@@ -19,7 +19,7 @@ import torch
 
 from animetagnet.errors import ImageError
 from animetagnet.evaluation import calibration
-from animetagnet.fileio import atomic_write_bytes, atomic_write_text
+from animetagnet.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from animetagnet.images import load_and_preprocess
 from animetagnet.postprocess import TagSelector
 from animetagnet.vocab import Category, Vocabulary, extra_category_warning
@@ -49,14 +49,6 @@ def load_run(run_dir: Path, weights: str = "best"):
     return cfg, vocab, net.eval(), meta
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def to_onnx_bytes(graph: wdgraph.ExportGraph, size: int, opset: int = 17) -> bytes:
@@ -387,7 +379,7 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
             "init_from": cfg.model.init_from,
             "weights": weights,
             # The torch backend runs an export from these weights; the hash tells it they are still the exported ones.
-            "weights_sha256": _sha256(run_dir / "checkpoints" / f"{weights}.safetensors"),
+            "weights_sha256": sha256_file(run_dir / "checkpoints" / f"{weights}.safetensors"),
             "epoch": wmeta.get("epoch"),
             "epochs_trained": len(history),
             "selected_by": f"val {wmeta.get('metric')}" if wmeta.get("metric") else None,
