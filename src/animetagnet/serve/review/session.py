@@ -45,6 +45,14 @@ class ReviewError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
+class WriteFailed(ReviewError):
+    """A caption file could not be written (disk full, read-only, permissions): the file is left as it was."""
+
+    def __init__(self, name: str, exc: OSError):
+        super().__init__(507, "write_failed", f"{name}: cannot write the caption file ({exc.strerror or exc}); "
+                                              "it was left as it was")
+
+
 @dataclass
 class Item:
     id: int
@@ -474,14 +482,33 @@ class ReviewSession:
             path = inside(self.root, it.caption)
         except OutsideFolder as exc:
             raise ReviewError(409, "caption_unreadable", f"{it.caption}: {exc.reason}; not written") from None
-        if not after["exists"]:
-            captions.remove(path)
-            cap = Caption("missing", [], it.style)
-        else:
-            cap = captions.write(path, after["tags"], it.style)
+        try:
+            if not after["exists"]:
+                captions.remove(path)
+                cap = Caption("missing", [], it.style)
+            else:
+                cap = captions.write(path, after["tags"], it.style)
+        except OSError as exc:  # atomic: the old file is intact, so the caller journals the wish, not the change
+            raise WriteFailed(it.caption.rsplit("/", 1)[-1], exc) from None
         self.con.execute("UPDATE items SET caption_state = ?, caption_error = NULL, disk_sha1 = ?, disk_size = ?, "
                          "disk_mtime_ns = ?, tags = ?, version = version + 1 WHERE id = ?",
                          (cap.state, cap.sha1, cap.size, cap.mtime_ns, json.dumps(after["tags"]), it.id))
+
+    def _journal_failed(self, op: str, failed: list[tuple[Item, dict]]) -> None:
+        """Keep edits whose file could not be written in the history ('failed': not undoable), in their own commit."""
+        names = ", ".join(it.image for it, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            b = self.con.execute("INSERT INTO batches (op, summary, state, created) VALUES (?, ?, 'failed', ?)",
+                                 (op, f"{names}: not written, the caption file could not be written",
+                                  time.time())).lastrowid
+            for it, after in failed:
+                self.con.execute("INSERT INTO edits (batch, item_id, op, before, after) VALUES (?, ?, ?, ?, ?)",
+                                 (b, it.id, op, json.dumps(it.snapshot()), json.dumps(after)))
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     def _new_batch(self, op: str, summary: str) -> int:
         # A new action drops the redo stack (the undone batches stay in the journal as 'dropped').
@@ -525,6 +552,12 @@ class ReviewSession:
                 if after != it.snapshot():
                     self._write_item(it, after)
                 self.con.execute("COMMIT")
+            except WriteFailed as exc:
+                self.con.execute("ROLLBACK")
+                self._journal_failed(op, [(it, after)])
+                exc.message += ". Your edit is kept in the history."
+                exc.details = {"item": self.summary(it)}
+                raise
             except BaseException:
                 self.con.execute("ROLLBACK")
                 raise
@@ -610,15 +643,29 @@ class ReviewSession:
                 else:
                     ready.append((it, after))
             batch = None
+            written, failed = 0, []
             if ready:
                 self.con.execute("BEGIN IMMEDIATE")
                 try:
-                    desc = f"{op} {tag}" + (f" -> {new}" if new else "") + f" on {len(ready)} image(s)"
-                    batch = self._new_batch(f"bulk_{op}", desc)
+                    # Each file is written, then journaled: one that cannot be written (disk full, read-only,
+                    # permissions) is skipped and the ones already written are committed, so the journal
+                    # always matches the disk. The batch is created at the first write: a bulk edit that
+                    # wrote nothing does not drop the redo stack.
                     for it, after in ready:
+                        try:
+                            self._write_item(it, after)
+                        except ReviewError as exc:  # WriteFailed, or a caption now outside the folder
+                            failed.append((it, after))
+                            skipped.append({"id": it.id, "name": it.image, "reason": exc.message})
+                            continue
+                        if batch is None:
+                            batch = self._new_batch(f"bulk_{op}", "")
                         self.con.execute("INSERT INTO edits (batch, item_id, op, before, after) VALUES (?, ?, ?, ?, ?)",
                                          (batch, it.id, f"bulk_{op}", json.dumps(it.snapshot()), json.dumps(after)))
-                        self._write_item(it, after)
+                        written += 1
+                    if batch is not None:
+                        desc = f"{op} {tag}" + (f" -> {new}" if new else "") + f" on {written} image(s)"
+                        self.con.execute("UPDATE batches SET summary = ? WHERE id = ?", (desc, batch))
                     self.con.execute("COMMIT")
                 except BaseException:
                     self.con.execute("ROLLBACK")
@@ -627,7 +674,14 @@ class ReviewSession:
                     raise
                 for it, _ in ready:
                     self._refresh(it.id)
-            return {"changed": len(ready), "batch": batch, "conflicts": conflicts, "skipped": skipped}
+                if failed:
+                    self._journal_failed(f"bulk_{op}", failed)
+                    if not written:
+                        raise ReviewError(507, "write_failed",
+                                          f"no caption file could be written ({skipped[-1]['reason']}); "
+                                          "the edits are kept in the history",
+                                          {"conflicts": conflicts, "skipped": skipped})
+            return {"changed": written, "batch": batch, "conflicts": conflicts, "skipped": skipped}
 
     # --- undo / redo ---------------------------------------------------------------
     def _replay(self, batch_id: int, forward: bool) -> dict[str, Any]:
@@ -657,24 +711,41 @@ class ReviewSession:
                 skipped.append({"id": it.id, "reason": "the caption changed since (reloaded from disk)"})
                 continue
             plan.append((it, dst))
+        failed = []
+        wrote = 0
         self.con.execute("BEGIN IMMEDIATE")
         try:
             for it, dst in plan:
                 if dst != it.snapshot():
-                    self._write_item(it, dst)
+                    try:
+                        self._write_item(it, dst)
+                    except ReviewError as exc:  # left as it was, like a conflict: the rest is still replayed
+                        failed.append((it, dst))
+                        skipped.append({"id": it.id, "reason": exc.message})
+                        continue
+                    wrote += 1
                 done.append(it.id)
-            if forward:
-                self.con.execute("UPDATE batches SET state = 'applied', undo_seq = NULL WHERE id = ?", (batch_id,))
+            nothing = bool(failed) and not wrote
+            if nothing:  # no file changed: the batch keeps its state
+                self.con.execute("ROLLBACK")
             else:
-                seq = self.con.execute("SELECT COALESCE(MAX(undo_seq), 0) + 1 FROM batches").fetchone()[0]
-                self.con.execute("UPDATE batches SET state = 'undone', undo_seq = ? WHERE id = ?", (seq, batch_id))
-            self.con.execute("COMMIT")
+                if forward:
+                    self.con.execute("UPDATE batches SET state = 'applied', undo_seq = NULL WHERE id = ?", (batch_id,))
+                else:
+                    seq = self.con.execute("SELECT COALESCE(MAX(undo_seq), 0) + 1 FROM batches").fetchone()[0]
+                    self.con.execute("UPDATE batches SET state = 'undone', undo_seq = ? WHERE id = ?", (seq, batch_id))
+                self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
         finally:
             for it, _ in plan:
                 self._refresh(it.id)
+        if failed:
+            self._journal_failed("undo" if not forward else "redo", failed)
+            if nothing:
+                raise ReviewError(507, "write_failed", f"nothing was {'undone' if not forward else 'redone'}: "
+                                                       f"{skipped[-1]['reason']}", {"skipped": skipped})
         b = self.con.execute("SELECT op, summary FROM batches WHERE id = ?", (batch_id,)).fetchone()
         return {"batch": batch_id, "op": b[0], "summary": b[1], "items": done, "conflicts": conflicts,
                 "skipped": skipped}

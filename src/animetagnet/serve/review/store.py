@@ -12,7 +12,8 @@ process is killed the next instant):
   reload of a file changed on disk, or an edit refused because of such a change); its edits
   hold each item's caption before and after, and, for accept/reject, the verdict on a model
   tag. Batch states: applied, undone (redo-able), dropped (undone, then superseded by a new
-  edit; kept: nothing is deleted), reload and conflict (history only, not undoable).
+  edit; kept: nothing is deleted), reload, conflict and failed (a caption file that could not
+  be written: the edit asked for is kept; history only, not undoable).
 """
 
 from __future__ import annotations

@@ -1,0 +1,117 @@
+"""The review app when the disk refuses: a caption that cannot be written, a bad --db or --json path, odd ids.
+
+In process (ReviewSession without a model): fast, and a failing write is injected exactly where
+the atomic writer would meet a full or read-only disk.
+"""
+
+import errno
+
+import pytest
+
+from animetagnet.serve.review import captions
+from animetagnet.serve.review.session import Filter, ReviewError, ReviewSession
+from review_helpers import make_folder
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "pics")
+
+
+@pytest.fixture
+def session(folder):
+    s = ReviewSession(folder, None, suggest=False)
+    yield s
+    s.close()
+
+
+def refuse(monkeypatch, *names, err=errno.ENOSPC):
+    """Make the atomic write of the named caption files (all, if none named) fail like a full disk."""
+    real = captions.atomic_write_text
+
+    def write(path, text, *a, **kw):
+        if not names or path.name in names:
+            raise OSError(err, "No space left on device" if err == errno.ENOSPC else "Read-only file system")
+        return real(path, text, *a, **kw)
+
+    monkeypatch.setattr(captions, "atomic_write_text", write)
+
+
+def by_name(session, name):
+    return next(it for it in session.items.values() if it.image == name)
+
+
+def states(session):
+    return [r[0] for r in session.con.execute("SELECT state FROM batches ORDER BY id")]
+
+
+def test_a_caption_that_cannot_be_written_is_a_507_and_the_edit_stays_in_the_history(session, folder, monkeypatch):
+    refuse(monkeypatch, "img1.txt")
+    it = by_name(session, "img1.jpg")
+    with pytest.raises(ReviewError) as e:
+        session.edit(it.id, it.version, "add", tag="smile")
+    assert e.value.status == 507 and e.value.code == "write_failed"
+    assert "img1.txt" in e.value.message and "No space left" in e.value.message and "\n" not in e.value.message
+    assert (folder / "img1.txt").read_text() == "long hair, blue eyes\n"        # untouched
+    assert by_name(session, "img1.jpg").tags == ["long hair", "blue eyes"]       # the DB agrees with the disk
+    assert states(session) == ["failed"]                                         # not undoable, but kept
+    wanted = session.con.execute("SELECT after FROM edits").fetchone()[0]
+    assert "smile" in wanted
+    with pytest.raises(ReviewError) as e:
+        session.undo()
+    assert e.value.code == "nothing_to_undo"
+    monkeypatch.undo()                                                           # the disk has room again
+    it = by_name(session, "img1.jpg")
+    session.edit(it.id, it.version, "add", tag="smile")
+    assert (folder / "img1.txt").read_text() == "long hair, blue eyes, smile\n"
+
+
+def test_a_bulk_edit_commits_the_files_it_wrote_and_skips_the_rest(session, folder, monkeypatch):
+    refuse(monkeypatch, "img4.txt")
+    r = session.bulk(Filter(), "add", "new_tag")
+    wrote = ("broken.jpg", "img0.jpg", "img1.jpg", "img3.jpg", "img5.jpg")  # img2 is not UTF-8: never written
+    assert r["changed"] == len(wrote) and r["batch"] is not None
+    assert [s["name"] for s in r["skipped"] if "write" in s["reason"]] == ["img4.jpg"]
+    assert (folder / "img4.txt").read_text() == "1girl, solo\n"
+    assert (folder / "img5.txt").read_text() == "1girl, solo, new_tag\n"  # after the failure: still written
+    for name in wrote:                                                     # journal == disk
+        assert "new_tag" in by_name(session, name).keys
+    assert "new_tag" not in by_name(session, "img4.jpg").keys
+    assert states(session) == ["applied", "failed"]
+    assert session.con.execute("SELECT COUNT(*) FROM edits WHERE batch = ?", (r["batch"],)).fetchone()[0] == len(wrote)
+    # the undo reverts exactly what was written
+    monkeypatch.undo()
+    u = session.undo()
+    assert sorted(u["items"]) == sorted(by_name(session, n).id for n in wrote)
+    assert (folder / "img5.txt").read_text() == "1girl, solo\n" and not (folder / "img3.txt").exists()
+
+
+def test_a_bulk_edit_that_writes_nothing_is_a_507_and_keeps_the_redo_stack(session, folder, monkeypatch):
+    it = by_name(session, "img0.jpg")
+    session.edit(it.id, it.version, "add", tag="smile_2")
+    session.undo()
+    refuse(monkeypatch, err=errno.EROFS)
+    with pytest.raises(ReviewError) as e:
+        session.bulk(Filter(), "add", "new_tag")
+    assert e.value.status == 507 and "Read-only" in e.value.message
+    assert states(session) == ["undone", "failed"]                         # redo still possible
+    assert (folder / "img0.txt").read_text() == "1girl, long_hair, smile\n"
+    monkeypatch.undo()
+    assert session.redo()["redone"]
+
+
+def test_an_undo_that_cannot_write_leaves_the_batch_as_it_was(session, folder, monkeypatch):
+    r = session.bulk(Filter(), "add", "new_tag")
+    refuse(monkeypatch, "img0.txt")
+    u = session.undo()                                                     # partly: the others are reverted
+    assert [s["id"] for s in u["skipped"]] == [by_name(session, "img0.jpg").id]
+    assert (folder / "img0.txt").read_text() == "1girl, long_hair, smile, new_tag\n"
+    assert "new_tag" in by_name(session, "img0.jpg").keys                  # journal == disk
+    assert (folder / "img1.txt").read_text() == "long hair, blue eyes\n"
+    assert states(session) == ["undone", "failed"]
+    refuse(monkeypatch)                                                    # now nothing can be written
+    with pytest.raises(ReviewError) as e:
+        session.redo()
+    assert e.value.status == 507 and e.value.code == "write_failed"
+    assert states(session)[r["batch"] - 1] == "undone"                     # still redo-able
+    assert (folder / "img1.txt").read_text() == "long hair, blue eyes\n"
