@@ -5,12 +5,21 @@ the atomic writer would meet a full or read-only disk.
 """
 
 import errno
+import subprocess
+import sys
 
 import pytest
 
+from animetagnet.errors import UsageError
 from animetagnet.serve.review import captions
 from animetagnet.serve.review.session import Filter, ReviewError, ReviewSession
-from review_helpers import make_folder
+from modelfactory import build_wd_model
+from review_helpers import env, make_folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_wd_model(tmp_path_factory.mktemp("model") / "tiny", size=32)
 
 
 @pytest.fixture
@@ -115,3 +124,27 @@ def test_an_undo_that_cannot_write_leaves_the_batch_as_it_was(session, folder, m
     assert e.value.status == 507 and e.value.code == "write_failed"
     assert states(session)[r["batch"] - 1] == "undone"                     # still redo-able
     assert (folder / "img1.txt").read_text() == "long hair, blue eyes\n"
+
+
+def test_a_db_that_cannot_be_opened_is_one_line(folder, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for db, why in ((tmp_path / "afile" / "x.db", "is not a directory"), (tmp_path, "unable to open")):
+        with pytest.raises(UsageError) as e:
+            ReviewSession(folder, None, db=db, suggest=False)
+        assert why in str(e.value) and str(db) in str(e.value)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "animetagnet", *map(str, args)], env=env(), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_review_report_refuses_a_bad_db_or_json_before_any_work(folder, model, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("review-report", folder, "--model", model, "--db", tmp_path / "afile" / "x.db")
+    assert r.returncode == 2 and "is not a directory" in r.stderr and "Traceback" not in r.stderr
+    # the folder has no review yet: without the probe the error would be "no image was reviewed"
+    for target, why in ((tmp_path / "afile" / "report.json", "is not a directory"), (tmp_path, "is a directory")):
+        r = run_cli("review-report", folder, "--model", model, "--json", target)
+        assert r.returncode == 2 and why in r.stderr and str(target) in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

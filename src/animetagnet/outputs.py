@@ -127,8 +127,10 @@ def _clean_beside(output: str | None) -> None:
         cleanup_stale_temp(Path(output).parent, {Path(output).name})
 
 
-def _probe_folder(path: Path) -> None:
+def probe_folder(path: Path) -> None:
     """Create (and remove) a temporary file where `path` will be written atomically; UsageError if we cannot."""
+    if path.parent.exists() and not path.parent.is_dir():  # mkdir would only say "File exists"
+        raise UsageError(f"cannot write results to {path}: {path.parent} is not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -203,7 +205,7 @@ class JsonWriter(ResultWriter):
             elif not overwrite:
                 raise UsageError(f"{output} exists; pass --resume to continue it or --on-existing overwrite to replace it")
         if output not in (None, "-"):
-            _probe_folder(Path(output))  # fail now, not after tagging everything
+            probe_folder(Path(output))  # fail now, not after tagging everything
         self._done = resume_keys(r["path"] for r in self.results)
 
     def done_paths(self) -> set[str]:

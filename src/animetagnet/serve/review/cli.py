@@ -122,6 +122,12 @@ def run_report(args) -> int:
 
     if args.out and args.in_place:
         raise UsageError("--out and --in-place exclude each other")
+    if args.json:  # an unwritable --json fails now, not after the report is built
+        from ...outputs import probe_folder
+
+        if Path(args.json).is_dir():
+            raise UsageError(f"--json {args.json} is a directory")
+        probe_folder(Path(args.json))
     tagger, session = _session(args, suggest=False)
     if args.out:  # refuse a bad target before any work
         out = Path(args.out)
@@ -139,7 +145,10 @@ def run_report(args) -> int:
     if args.json:
         from ...fileio import atomic_write_json
 
-        atomic_write_json(args.json, report)
+        try:  # probed above, but the disk can still fill up
+            atomic_write_json(args.json, report)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.json}: {exc.strerror or exc}") from None
     if args.out or args.in_place:
         path = write_model(report, tagger.bundle.path, Path(args.out) if args.out else None, in_place=args.in_place)
         print(f"re-calibrated thresholds (preset 'balanced' is the default) written to {path}", file=sys.stderr)

@@ -81,8 +81,14 @@ def default_db(root: str | os.PathLike) -> Path:
 
 
 def connect(db_path: str | os.PathLike) -> sqlite3.Connection:
-    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(os.fspath(db_path), check_same_thread=False, isolation_level=None)
+    parent = Path(db_path).parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"cannot open the review database {db_path}: {parent} is not a directory")
+    try:  # on a read-only disk, without permission, a directory: one line, not a traceback
+        parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(os.fspath(db_path), check_same_thread=False, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise UsageError(f"cannot open the review database {db_path}: {getattr(exc, 'strerror', None) or exc}") from None
     con.row_factory = sqlite3.Row
     try:
         con.execute("PRAGMA journal_mode=WAL")
@@ -93,6 +99,9 @@ def connect(db_path: str | os.PathLike) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         con.close()
         raise UsageError(f"{db_path} is not an AnimeTagNet review database: {exc}") from None
+    except sqlite3.Error as exc:  # e.g. unable to open (a directory), read-only
+        con.close()
+        raise UsageError(f"cannot open the review database {db_path}: {exc}") from None
     if int(version[0]) != SCHEMA_VERSION:
         con.close()
         raise UsageError(f"{db_path}: unsupported review schema version {version[0]}")
