@@ -5,10 +5,16 @@ the atomic writer would meet a full or read-only disk.
 """
 
 import errno
+import io
+import logging
+import os
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from animetagnet.errors import UsageError
 from animetagnet.serve.review import captions
@@ -148,3 +154,57 @@ def test_review_report_refuses_a_bad_db_or_json_before_any_work(folder, model, t
         r = run_cli("review-report", folder, "--model", model, "--json", target)
         assert r.returncode == 2 and why in r.stderr and str(target) in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+class Shrinking(io.FileIO):
+    """An image file cut to 1000 bytes at the first read: after the response announced its length."""
+
+    def read(self, n=-1):
+        if not getattr(self, "cut", False):
+            os.truncate(self.name, 1000)
+            self.cut = True
+        return super().read(n)
+
+
+def test_images_are_streamed_and_a_file_that_shrinks_meanwhile_closes_the_connection(folder, model, tmp_path,
+                                                                                       monkeypatch, caplog):
+    import httpx
+
+    from animetagnet import Tagger
+    from animetagnet.serve.review.routes import create_review_app
+    from serve_helpers import ServerThread
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(big)
+    session = ReviewSession(folder, None, suggest=False)
+    uvicorn_log = logging.getLogger("uvicorn")
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        with ServerThread(create_review_app(session, Tagger(model))) as srv, \
+                httpx.Client(base_url=srv.url, timeout=20) as client:
+            it = by_name(session, "img0.jpg")
+            r = client.get(f"/v1/review/items/{it.id}/image")
+            assert r.status_code == 200 and r.content == (folder / "img0.jpg").read_bytes()
+            assert r.headers["content-length"] == str(len(r.content)) and r.headers["content-type"] == "image/jpeg"
+            # ids beyond SQLite's 64-bit integers are a 422, not an OverflowError
+            assert client.get("/v1/review/history", params={"item": 2**63}).status_code == 422
+            assert client.get("/v1/review/history", params={"item": it.id}).status_code == 200
+
+            size = big.stat().st_size
+            monkeypatch.setattr(session, "open_image", lambda item_id: (Shrinking(big, "rb"), "big.png"))
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                with client.stream("GET", f"/v1/review/items/{it.id}/image") as r:
+                    assert r.headers["content-length"] == str(size)
+                    with pytest.raises(httpx.RemoteProtocolError):  # a short body, never a padded one
+                        r.read()
+                deadline = time.time() + 10
+                while not any("shrank" in rec.getMessage() for rec in caplog.records) and time.time() < deadline:
+                    time.sleep(0.05)
+            assert any("big.png: the file shrank" in rec.getMessage() for rec in caplog.records)
+            assert not [rec for rec in caplog.records if rec.exc_info], [rec.getMessage() for rec in caplog.records]
+            monkeypatch.undo()
+            assert client.get("/v1/review/status").status_code == 200     # the server goes on
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+        session.close()

@@ -2,13 +2,13 @@
 
 Images are addressed by the ids the session gave them; no request names a path. Errors are
 the service's one shape (`{"error": {"code", "message", "details"}}`): 409 for a stale version,
-a caption changed on disk (reloaded, nothing written) or an unreadable caption.
+a caption changed on disk (reloaded, nothing written) or an unreadable caption; 507 for a
+caption file that could not be written (disk full, read-only: the edit is kept in the history).
 """
 
 from __future__ import annotations
 
 import io
-import mimetypes
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field
 
 from ...errors import ImageError
 from ...images import load_image, to_rgb_on_white
+from ..files import FileStream
+from ..gallery import MAX_ROW_NUMBER
 from ..service import ApiError
 from .session import DEFAULT_LOW, Filter, ReviewError, ReviewSession
 
@@ -111,7 +113,8 @@ def redo(session: Session) -> dict:
 
 
 @router.get("/v1/review/history", summary="The journal, newest first")
-def history(session: Session, limit: int = Query(50, ge=1, le=1000), item: Optional[int] = None) -> dict:
+def history(session: Session, limit: int = Query(50, ge=1, le=1000),
+            item: Optional[int] = Query(None, ge=1, le=MAX_ROW_NUMBER, description="only this image's edits")) -> dict:
     return {"history": session.history(limit, item)}
 
 
@@ -146,10 +149,8 @@ def thumb(session: Session, item_id: int, size: int = Query(256, ge=32, le=768))
 @router.get("/v1/review/items/{item_id}/image", summary="The original image file", response_class=Response)
 def image(session: Session, item_id: int):
     fh, name = call(session.open_image, item_id)
-    with fh:  # read from the descriptor that was checked (confine.open_confined)
-        data = fh.read()
-    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Response(data, media_type=kind, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    # streamed from the descriptor that was checked (confine.open_confined)
+    return FileStream(fh, name, headers={"Cache-Control": "no-cache"})
 
 
 def install(app: FastAPI, session: ReviewSession) -> FastAPI:

@@ -7,14 +7,13 @@ serve/gallery.py): only regular files inside an indexed folder, never a row with
 from __future__ import annotations
 
 import io
-import mimetypes
-import os
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from ...errors import ImageError, UsageError
 from ...images import load_image, to_rgb_on_white
+from ..files import FileStream
 from ..gallery import MAX_ROW_NUMBER, Unavailable
 from ..query import QueryTooExpensive
 from ..service import ApiError, TagService
@@ -82,19 +81,7 @@ def gallery_thumb(service: Service, file_id: int = FileId, size: int = Query(256
     return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
 
 
-def _chunks(fh, length: int, size: int = 1 << 16):
-    with fh:  # exactly the announced length, even if the file grows meanwhile
-        while length > 0 and (block := fh.read(min(size, length))):
-            length -= len(block)
-            yield block
-
-
 @router.get("/v1/gallery/files/{file_id}/image", summary="The original indexed file", response_class=Response)
 def gallery_image(service: Service, file_id: int = FileId):
-    # Streamed from the descriptor that was checked: a path handed on (FileResponse) would be
-    # opened again, after the check.
     fh, name = _open(service, file_id)
-    length = os.fstat(fh.fileno()).st_size
-    media = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return StreamingResponse(_chunks(fh, length), media_type=media,
-                             headers={"Content-Length": str(length), "X-Content-Type-Options": "nosniff"})
+    return FileStream(fh, name)  # streamed from the descriptor that was checked
