@@ -48,6 +48,18 @@ def test_init_from_an_exported_model_without_its_run_says_what_to_do(tmp_path):
         model_mod.resolve_init(str(m))
 
 
+@pytest.mark.parametrize("meta", [b"\xff\xfe not UTF-8", b"{not json", b'{"provenance": {"run": 5}}'])
+def test_init_from_an_exported_model_with_a_broken_animetagnet_json_is_one_line(tmp_path, meta):
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "model.onnx").write_bytes(b"x")
+    (m / "animetagnet.json").write_bytes(meta)
+    with pytest.raises(TrainingError) as e:
+        model_mod.resolve_init(str(m))
+    assert "animetagnet.json" in str(e.value) or "not recorded" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_train_init_from_run_then_from_its_export(tmp_path):
     base = make_synthetic(tmp_path / "base")
     r1 = run_cli("train", str(base), "--out", str(tmp_path / "r1"), "--config", str(ROOT / "configs" / "smoke.yaml"))

@@ -127,10 +127,15 @@ def _exported_run(p: Path) -> Path | None:
     meta = p / "animetagnet.json"
     if not (p / "model.onnx").is_file() or not meta.is_file():
         return None
-    try:
+    try:  # not UTF-8, not JSON (ValueError), unreadable (OSError): say so, not a traceback
         run = (json.loads(meta.read_text(encoding="utf-8")).get("provenance") or {}).get("run")
-    except (json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{meta}: cannot be read ({getattr(exc, 'strerror', None) or exc}); it should name the "
+                            "training run of this exported model: pass the run directory as --init-from") from None
+    except AttributeError:  # JSON, but not our metadata object
         return None
+    if not isinstance(run, str):
+        run = None
     if run and (Path(run) / "checkpoints" / "best.safetensors").is_file():
         return Path(run)
     raise TrainingError(f"{p} is an exported model (ONNX) whose training run {run or '(not recorded)'} is not here; "
