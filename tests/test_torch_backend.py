@@ -404,3 +404,29 @@ def test_hub_id_fetches_the_timm_files_from_the_cache(timm_repo, real_images, tm
 
     with pytest.raises(HubError, match="model.onnx not in the Hugging Face cache"):
         Tagger("SmilingWolf/wd-test-tagger-v3", backend="onnx", device="cpu")
+
+
+def test_a_killed_decoder_process_fails_its_images_not_the_run(tiny_model, real_images):
+    import os
+    import signal
+    import time
+
+    tagger = Tagger(tiny_model, device="cpu", decoder="processes", batch_size=1)
+    paths = (real_images * 4)[:40]
+    stream = tagger.iter_probabilities(paths, workers=2)
+    out = [next(stream)]
+    old = tagger._pool[1]
+    for proc in list(old._processes.values()):  # the OOM killer, as far as the pool can tell
+        os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not old._broken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old._broken
+    out += list(stream)
+    assert [it.path for it, _ in out] == list(map(str, paths))
+    assert all(it.error in (None, "decoder process died") for it, _ in out)
+    assert all((row is None) == (it.error is not None) for it, row in out)
+    assert tagger._pool is not None and tagger._pool[1] is not old
+    again = list(tagger.iter_probabilities(paths[:4], workers=2))  # the fresh pool serves later calls
+    assert all(it.error is None for it, _ in again)
+    tagger.close()
