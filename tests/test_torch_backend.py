@@ -199,6 +199,18 @@ def test_auto_prefers_torch_cuda_when_onnxruntime_has_no_cuda(timm_repo, monkeyp
     assert seen["why"] == "auto: onnxruntime has no CUDA provider (onnxruntime-gpu is not installed); torch sees NVIDIA H200"
 
 
+def test_auto_never_starts_torch_for_an_onnx_only_model(tiny_model, monkeypatch):
+    from animetagnet import backends
+
+    def no_torch():
+        raise AssertionError("torch_gpu() called for a model without torch weights")
+
+    monkeypatch.setattr(backends, "ort_has_cuda", lambda: False)
+    monkeypatch.setattr(backends, "torch_gpu", no_torch)
+    choice = backends.open_model(tiny_model)[2]
+    assert choice.backend == "onnx" and "the model has no torch weights" in choice.reason and "-> CPU" in choice.reason
+
+
 def test_auto_keeps_onnxruntime_cuda_first(tiny_model, monkeypatch):
     from animetagnet import backends
 
