@@ -442,3 +442,23 @@ def test_a_killed_decoder_process_fails_its_images_not_the_run(tiny_model, real_
     again = list(tagger.iter_probabilities(paths[:4], workers=2))  # the fresh pool serves later calls
     assert all(it.error is None for it, _ in again)
     tagger.close()
+
+
+def test_device_decoding_leaves_oversized_squares_to_the_cpu_path(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from animetagnet import images
+    from animetagnet.torch_backend import _inspect, _inspect_cpu
+
+    long = tmp_path / "long.jpg"
+    Image.new("RGB", (1600, 100), (200, 40, 40)).save(long, quality=90)  # 160k pixels, a 2.56M-pixel square
+    how, value = _inspect(str(long), 32, False, 1_000_000)
+    assert how == "cpu" and value.error is None and value.array.shape == (32, 32, 3)
+    assert _inspect(str(long), 32, False, 4_000_000)[0] == "gpu"  # within the bound: the device decodes it
+
+    def hostile(*a, **k):
+        raise ValueError("codec bug")
+
+    monkeypatch.setattr(images, "load_and_preprocess", hostile)
+    tagger = type("T", (), {"exact": False, "max_pixels": None})()
+    assert _inspect_cpu(str(long), 32, tagger).error == "unexpected ValueError: codec bug"
