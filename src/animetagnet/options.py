@@ -462,7 +462,7 @@ class ServeOptions(OptionGroup):
                             choices=("critical", "error", "warning", "info", "debug"), http=False)
     allowed_host: tuple[str, ...] = option(
         (), "also accept requests whose Host header is this name (repeatable or comma-separated; *.example.com "
-            "for sub-domains, * for any); localhost, 127.0.0.1, ::1 and --host are always accepted",
+            "for sub-domains, * for any; a :port is ignored); localhost, 127.0.0.1, ::1 and --host are always accepted",
         split=",", metavar="HOST", http=False)
     allowed_origin: tuple[str, ...] = option(
         (), "also accept uploads and other writes from web pages of this origin, e.g. https://app.example.com "

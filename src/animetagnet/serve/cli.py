@@ -96,12 +96,10 @@ def run_serve(args) -> int:
     from ..options import ModelOptions, ServeOptions
     from .app import create_app
     from .connections import fit_connections, raise_file_limit, server_config
-    from .security import normalize_origin, trusted_hosts
+    from .security import check_origins, trusted_hosts
 
     opts = ServeOptions.from_args(args)
-    for origin in opts.allowed_origin:
-        if origin != "*" and normalize_origin(origin) is None:
-            raise UsageError(f"--allowed-origin takes scheme://host[:port] (e.g. https://app.example.com), not {origin!r}")
+    check_origins(opts.allowed_origin)
     connections, lowered = fit_connections(opts.connection_limits(), raise_file_limit())
     tagger = ModelOptions.from_args(args).load()
     hosts = trusted_hosts(opts.host, opts.allowed_host)
