@@ -169,6 +169,8 @@ class OptionGroup:
                 raise UsageError(f"{f.flag} must be at least {s.ge:g}, got {value}")
             if s.gt is not None and value <= s.gt:
                 raise UsageError(f"{f.flag} must be above {s.gt:g}, got {value}")
+            if s.le is not None and s.ge is None and value > s.le:
+                raise UsageError(f"{f.flag} must be at most {s.le:g}, got {value}")
 
     def values(self) -> dict[str, Any]:
         """Attribute -> value of every field (options and internal ones alike)."""
@@ -501,9 +503,23 @@ class ServeOptions(OptionGroup):
                                 keep_alive=self.keep_alive)
 
 
+@dataclass(frozen=True)
+class IndexOptions(OptionGroup):
+    """What `animetagnet index` takes from DIR and keeps in the gallery database (--db is the verb's own)."""
+
+    title: ClassVar[str] = "indexing"
+
+    recursive: bool = option(True, "index sub-folders too", off_help="only DIR itself, no sub-folders", http=False)
+    keep_missing: bool = option(False, "keep entries of files that are no longer under DIR", http=False)
+    allow_symlinks: bool = option(False, "also index (and serve) symlinks to files outside DIR; by default they "
+                                         "are refused", http=False)
+    floor: float | None = option(None, "store every tag scoring at least this (default 0.1), for confidence searches",
+                                 gt=0.0, le=1.0, http=False)
+
+
 #: Every group, in the order docs/options.md lists them.
 ALL_GROUPS: tuple[type[OptionGroup], ...] = (ModelOptions, ThresholdOptions, FilterOptions, CaptionOptions,
-                                             OutputOptions, RayOptions, ServeOptions)
+                                             OutputOptions, RayOptions, ServeOptions, IndexOptions)
 
 
 def markdown(groups: Iterable[type[OptionGroup]] = ALL_GROUPS) -> str:
