@@ -173,7 +173,31 @@ def test_read_only_disk_real(folder, tiny_model, tmp_path):
         assert (tmp_path / f"{name}.rc").read_text().strip() == rc, (name, err)
         assert "Traceback" not in err and "Read-only file system" in err, (name, err)
     d = (tmp_path / "d.err").read_text()
-    assert d.count("cannot write caption") == N  # one line per image (per-file failures)
+    assert d.count("cannot write caption") == 1 and "the run stops" in d  # the disk, not each file: one line
+
+
+def test_caption_write_errors_disk_stops_the_run_a_file_does_not(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from animetagnet import outputs
+    from animetagnet.formatting import CaptionStyle
+    from animetagnet.results import TagResult
+
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"")
+    result = TagResult(path=str(img), rating="general", ratings={"general": 0.9}, tags={"general": {"smile": 0.9}})
+    writer = outputs.make_writer("txt", style=CaptionStyle())
+    for code, stops in ((errno.EACCES, False), (errno.ENOSPC, True), (errno.EROFS, True)):
+        def fail(path, text, code=code):
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(outputs, "atomic_write_text", fail)
+        if stops:
+            with pytest.raises(outputs.WriteError, match="cannot write caption .*the run stops"):
+                writer.write(result)
+        else:
+            assert "Permission denied" in writer.write(result)
 
 
 @needs_tmpfs

@@ -169,6 +169,8 @@ class OptionGroup:
                 raise UsageError(f"{f.flag} must be at least {s.ge:g}, got {value}")
             if s.gt is not None and value <= s.gt:
                 raise UsageError(f"{f.flag} must be above {s.gt:g}, got {value}")
+            if s.le is not None and s.ge is None and value > s.le:
+                raise UsageError(f"{f.flag} must be at most {s.le:g}, got {value}")
 
     def values(self) -> dict[str, Any]:
         """Attribute -> value of every field (options and internal ones alike)."""
@@ -462,7 +464,7 @@ class ServeOptions(OptionGroup):
                             choices=("critical", "error", "warning", "info", "debug"), http=False)
     allowed_host: tuple[str, ...] = option(
         (), "also accept requests whose Host header is this name (repeatable or comma-separated; *.example.com "
-            "for sub-domains, * for any); localhost, 127.0.0.1, ::1 and --host are always accepted",
+            "for sub-domains, * for any; a :port is ignored); localhost, 127.0.0.1, ::1 and --host are always accepted",
         split=",", metavar="HOST", http=False)
     allowed_origin: tuple[str, ...] = option(
         (), "also accept uploads and other writes from web pages of this origin, e.g. https://app.example.com "
@@ -501,9 +503,23 @@ class ServeOptions(OptionGroup):
                                 keep_alive=self.keep_alive)
 
 
+@dataclass(frozen=True)
+class IndexOptions(OptionGroup):
+    """What `animetagnet index` takes from DIR and keeps in the gallery database (--db is the verb's own)."""
+
+    title: ClassVar[str] = "indexing"
+
+    recursive: bool = option(True, "index sub-folders too", off_help="only DIR itself, no sub-folders", http=False)
+    keep_missing: bool = option(False, "keep entries of files that are no longer under DIR", http=False)
+    allow_symlinks: bool = option(False, "also index (and serve) symlinks to files outside DIR; by default they "
+                                         "are refused", http=False)
+    floor: float | None = option(None, "store every tag scoring at least this (default 0.1), for confidence searches",
+                                 gt=0.0, le=1.0, http=False)
+
+
 #: Every group, in the order docs/options.md lists them.
 ALL_GROUPS: tuple[type[OptionGroup], ...] = (ModelOptions, ThresholdOptions, FilterOptions, CaptionOptions,
-                                             OutputOptions, RayOptions, ServeOptions)
+                                             OutputOptions, RayOptions, ServeOptions, IndexOptions)
 
 
 def markdown(groups: Iterable[type[OptionGroup]] = ALL_GROUPS) -> str:

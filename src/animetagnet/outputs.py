@@ -13,6 +13,7 @@ cut short by the failure is truncated back off, so the file stays one a plain --
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -29,6 +30,10 @@ from .options import CAPTION_NAMES, FORMATS, ON_EXISTING  # noqa: F401 - defined
 from .results import TagResult
 
 CSV_COLUMNS = ("path", "rating", "rating_confidence", "character", "general", "other", "error")
+
+
+#: errnos that mean the disk itself takes no more writes (full, over quota, read-only), not one file.
+_DISK_GONE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def _why(exc: OSError) -> str:
@@ -399,7 +404,11 @@ class CaptionWriter(ResultWriter):
                     text = merge_caption(old, tags, self.on_existing, self.style.separator) if old else text
             atomic_write_text(target, text + "\n")
         except OSError as exc:
-            return f"cannot write caption {target}: {exc}"
+            if exc.errno in _DISK_GONE:
+                # Every later caption would fail the same way: stop with one line, not one per image.
+                raise WriteError(f"cannot write caption {target}: {_why(exc)}; the run stops (the captions written "
+                                 "so far are whole; --resume continues once there is room)") from None
+            return f"cannot write caption {target}: {exc}"  # this file only (permissions, a name too long, ...)
         return None
 
 

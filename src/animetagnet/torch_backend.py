@@ -388,6 +388,12 @@ def _inspect(path: str, size: int, exact: bool, max_pixels):
     try:
         img = open_image(path, max_pixels=max_pixels)
         plain = img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
+        # The device decodes at full size and pads to a max(w, h) square: a long thin JPEG under the
+        # pixel limit could still need a huge square (the bound serve's _prepare_bounded puts on it).
+        # Those take the CPU path, whose JPEG draft mode shrinks them before padding.
+        side = max(img.size)
+        if max_pixels is not None and side * side > max_pixels:
+            plain = False
         img.close()
         if plain:
             with open(path, "rb") as fh:
@@ -485,6 +491,8 @@ def _inspect_cpu(path: str, size: int, tagger):
         return LoadedImage(path, load_and_preprocess(path, size, exact=tagger.exact, max_pixels=tagger.max_pixels).astype(np.uint8))
     except ImageError as exc:
         return LoadedImage(path, None, exc.reason)
+    except Exception as exc:  # noqa: BLE001 - one hostile file must never end a batch
+        return LoadedImage(path, None, f"unexpected {type(exc).__name__}: {exc}")
 
 
 def _batched(it: Iterator[str], n: int) -> Iterator[list[str]]:

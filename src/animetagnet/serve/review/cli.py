@@ -84,13 +84,11 @@ def run_review(args) -> int:
     from ...options import ServeOptions
     from ..cli import _is_loopback
     from ..connections import fit_connections, raise_file_limit, server_config
-    from ..security import normalize_origin, trusted_hosts
+    from ..security import check_origins, trusted_hosts
     from .routes import create_review_app
 
     opts = ServeOptions.from_args(args)
-    for origin in opts.allowed_origin:
-        if origin != "*" and normalize_origin(origin) is None:
-            raise UsageError(f"--allowed-origin takes scheme://host[:port] (e.g. https://app.example.com), not {origin!r}")
+    check_origins(opts.allowed_origin)
     connections, lowered = fit_connections(opts.connection_limits(), raise_file_limit())
     tagger, session = _session(args, args.suggest)
     s = session.scan_report
