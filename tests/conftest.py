@@ -40,6 +40,53 @@ def model_224(tmp_path_factory) -> Path:
     return build_wd_model(tmp_path_factory.mktemp("m224") / "model", size=224, seed=3)
 
 
+@pytest.fixture(scope="session")
+def faces_run(tmp_path_factory, shared_data):
+    """prepare -> smoke-train on 8 real faces per character: (run dir, dataset dir, test image paths).
+
+    A trained model on real data for the tests that read exports with other tools' conventions."""
+    import json
+    import shutil
+
+    pytest.importorskip("torch")
+    from animetagnet.cli import main as cli_main
+    from animetagnet_train import config
+    from animetagnet_train.train import train
+
+    base = tmp_path_factory.mktemp("faces-run")
+    src = base / "faces-subset"
+    for cls in sorted((shared_data / "faces").iterdir()):
+        (src / cls.name).mkdir(parents=True)
+        for f in sorted(cls.glob("*.jpg"))[:8]:
+            shutil.copy(f, src / cls.name / f.name)
+    ds = base / "ds"
+    assert cli_main(["prepare", str(src), "--out", str(ds), "--min-count", "1", "--split", "60/20/20",
+                     "--no-plot", "-q"]) == 0
+    train(ds, base / "run", config.load(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+                                        ["train.epochs=2"]))
+    test_images = [json.loads(line)["image"] for line in (ds / "test.jsonl").read_text().splitlines()]
+    return base / "run", ds, test_images
+
+
+@pytest.fixture(scope="session")
+def faces_export(faces_run):
+    """faces_export(input_size=None): the faces run exported once per input size (with --comfyui beside it)."""
+    from animetagnet_train import export
+
+    run, _, _ = faces_run
+    made: dict = {}
+
+    def get(input_size: int | None = None) -> Path:
+        if input_size not in made:
+            out = run.parent / f"model-{input_size or 'native'}"
+            export.export(run, out, input_size=input_size, comfyui_dir=run.parent / f"comfy-{input_size or 'native'}",
+                          log=lambda m: None)
+            made[input_size] = out
+        return made[input_size]
+
+    return get
+
+
 # In CI (ANIMETAGNET_REQUIRE_DATA=1, set by .ci/run) nothing may skip for lack of data, a
 # browser or an extra: those skips would hide untested parts. Only these reasons are allowed.
 ALLOWED_CI_SKIPS = ("this machine has CUDA",)

@@ -99,6 +99,20 @@ def test_other_verbs_take_the_same_definitions():
     assert helps["mcut_character"] == "MCut threshold for character tags (floor 0.15)"
 
 
+def test_index_flags_come_from_the_index_group():
+    from animetagnet.options import IndexOptions
+
+    p = _verb("index")
+    assert {f.name for f in IndexOptions.option_fields()} <= _dests(p)
+    args = p.parse_args(["pics", "--db", "g.db", "--allow-symlinks", "--no-recursive", "--keep-missing", "--floor", "0.2"])
+    assert IndexOptions.from_args(args) == IndexOptions(recursive=False, keep_missing=True, allow_symlinks=True, floor=0.2)
+    assert IndexOptions.from_args(p.parse_args(["pics", "--db", "g.db"])) == IndexOptions()
+    for floor, message in (("0", "--floor must be above 0"), ("1.5", "--floor must be at most 1, got 1.5")):
+        with pytest.raises(UsageError, match=message):
+            IndexOptions.from_args(p.parse_args(["pics", "--db", "g.db", "--floor", floor]))
+    assert not IndexOptions.http_fields()  # paths on the server's disk: never an HTTP parameter
+
+
 def test_a_new_field_reaches_the_cli_and_the_http_query():
     """What a colleague adding an option relies on: one field, and the flag and parameter exist."""
     pytest.importorskip("pydantic")

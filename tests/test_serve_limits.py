@@ -126,6 +126,39 @@ def test_host_and_origin_parsing():
     assert trusted_hosts("192.168.1.5") == ["localhost", "127.0.0.1", "::1", "192.168.1.5"]
 
 
+def test_host_rules_ignore_ports_and_origins_are_checked_once():
+    import asyncio
+
+    from animetagnet.errors import UsageError
+    from animetagnet.serve.security import HostRule, SecurityMiddleware, check_origins, install_security
+
+    rule = HostRule(["tagger.lan:8000", "*.example.net:443", "[::1]:9000", "10.0.0.2"])
+    assert rule.allows("tagger.lan") and rule.allows("a.example.net") and rule.allows("::1") and rule.allows("10.0.0.2")
+    assert not rule.allows("tagger.lan:8000") and not rule.allows("example.net")
+    assert check_origins(["*", "https://a.example.com"]) == ("*", "https://a.example.com")
+    for bad in (["app.example.com"], ["https://ok.example", "ftp://x"]):
+        with pytest.raises(UsageError, match="scheme://host"):
+            check_origins(bad)
+        with pytest.raises(UsageError, match="scheme://host"):
+            install_security(None, allowed_origins=bad)  # the app is never touched: it fails first
+
+    # websocket scopes take the FIRST Host header, as HTTP does
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    async def send(msg):
+        seen.append(msg["type"])
+
+    mw = SecurityMiddleware(app, allowed_hosts=["tagger.lan:8000"])
+    for headers, verdict in (([(b"host", b"tagger.lan:8000"), (b"host", b"evil.example")], "websocket"),
+                             ([(b"host", b"evil.example"), (b"host", b"tagger.lan")], "websocket.close")):
+        seen.clear()
+        asyncio.run(mw({"type": "websocket", "headers": headers}, None, send))
+        assert seen == [verdict], headers
+
+
 def test_untrusted_host_is_400_in_the_error_shape(server):
     port = server.port
     for host in ("attacker.example", "127.0.0.1.attacker.example", "example.net"):

@@ -199,6 +199,18 @@ def test_auto_prefers_torch_cuda_when_onnxruntime_has_no_cuda(timm_repo, monkeyp
     assert seen["why"] == "auto: onnxruntime has no CUDA provider (onnxruntime-gpu is not installed); torch sees NVIDIA H200"
 
 
+def test_auto_never_starts_torch_for_an_onnx_only_model(tiny_model, monkeypatch):
+    from animetagnet import backends
+
+    def no_torch():
+        raise AssertionError("torch_gpu() called for a model without torch weights")
+
+    monkeypatch.setattr(backends, "ort_has_cuda", lambda: False)
+    monkeypatch.setattr(backends, "torch_gpu", no_torch)
+    choice = backends.open_model(tiny_model)[2]
+    assert choice.backend == "onnx" and "the model has no torch weights" in choice.reason and "-> CPU" in choice.reason
+
+
 def test_auto_keeps_onnxruntime_cuda_first(tiny_model, monkeypatch):
     from animetagnet import backends
 
@@ -404,3 +416,49 @@ def test_hub_id_fetches_the_timm_files_from_the_cache(timm_repo, real_images, tm
 
     with pytest.raises(HubError, match="model.onnx not in the Hugging Face cache"):
         Tagger("SmilingWolf/wd-test-tagger-v3", backend="onnx", device="cpu")
+
+
+def test_a_killed_decoder_process_fails_its_images_not_the_run(tiny_model, real_images):
+    import os
+    import signal
+    import time
+
+    tagger = Tagger(tiny_model, device="cpu", decoder="processes", batch_size=1)
+    paths = (real_images * 4)[:40]
+    stream = tagger.iter_probabilities(paths, workers=2)
+    out = [next(stream)]
+    old = tagger._pool[1]
+    for proc in list(old._processes.values()):  # the OOM killer, as far as the pool can tell
+        os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not old._broken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old._broken
+    out += list(stream)
+    assert [it.path for it, _ in out] == list(map(str, paths))
+    assert all(it.error in (None, "decoder process died") for it, _ in out)
+    assert all((row is None) == (it.error is not None) for it, row in out)
+    assert tagger._pool is not None and tagger._pool[1] is not old
+    again = list(tagger.iter_probabilities(paths[:4], workers=2))  # the fresh pool serves later calls
+    assert all(it.error is None for it, _ in again)
+    tagger.close()
+
+
+def test_device_decoding_leaves_oversized_squares_to_the_cpu_path(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from animetagnet import images
+    from animetagnet.torch_backend import _inspect, _inspect_cpu
+
+    long = tmp_path / "long.jpg"
+    Image.new("RGB", (1600, 100), (200, 40, 40)).save(long, quality=90)  # 160k pixels, a 2.56M-pixel square
+    how, value = _inspect(str(long), 32, False, 1_000_000)
+    assert how == "cpu" and value.error is None and value.array.shape == (32, 32, 3)
+    assert _inspect(str(long), 32, False, 4_000_000)[0] == "gpu"  # within the bound: the device decodes it
+
+    def hostile(*a, **k):
+        raise ValueError("codec bug")
+
+    monkeypatch.setattr(images, "load_and_preprocess", hostile)
+    tagger = type("T", (), {"exact": False, "max_pixels": None})()
+    assert _inspect_cpu(str(long), 32, tagger).error == "unexpected ValueError: codec bug"

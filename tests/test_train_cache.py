@@ -141,6 +141,25 @@ def test_build_is_resumable_and_checked(tmp_path, monkeypatch):
         cache.build(ds, 48, out, workers=1, log=quiet)
 
 
+def test_changed_preprocessing_rebuilds_the_cache(tmp_path, monkeypatch):
+    from animetagnet import images
+
+    monkeypatch.setattr(cache, "SHARD_IMAGES", 5)
+    ds = make_synthetic(tmp_path / "ds", n_train=8, n_val=3)
+    out = tmp_path / "c"
+    assert cache.build(ds, 32, out, workers=1, log=quiet)["built"] == 3
+    assert json.loads((out / "manifest.json").read_text())["preprocessing"]["draft_margin"] == images.DRAFT_MARGIN
+    sp = data.open_dataset(ds).split("train")
+    monkeypatch.setattr(images, "DRAFT_MARGIN", images.DRAFT_MARGIN + 1)  # e.g. a release that drafts less
+    with pytest.raises(TrainingError, match="other preprocessing"):
+        cache.CachedImages(out, "train", sp, 32)
+    logs = []
+    redo = cache.build(ds, 32, out, workers=1, log=logs.append)
+    assert redo["built"] == 3 and redo["kept"] == 0 and any("other preprocessing" in m for m in logs)
+    cache.CachedImages(out, "train", sp, 32)  # usable again
+    assert cache.build(ds, 32, out, workers=1, log=quiet)["kept"] == 3
+
+
 def test_train_with_cache_and_its_refusals(tmp_path):
     from animetagnet_train.train import train
 

@@ -136,8 +136,9 @@ def _auto(model, device, precision, threads, spin, cache_dir):
                 tried.append(f"onnxruntime CUDA failed ({exc})")
         else:
             tried.append("onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)")
-    gpu = torch_gpu()
     can_torch = kind is not None or (local is None and _is_hub(model))
+    # torch_gpu() imports torch and starts CUDA (seconds, GPU memory): only for a model torch can load.
+    gpu = torch_gpu() if can_torch else None
     if gpu is not None and can_torch:
         why = "; ".join(tried + [f"torch sees {gpu}"])
         try:
@@ -146,8 +147,8 @@ def _auto(model, device, precision, threads, spin, cache_dir):
             if not has_onnx:
                 raise
             tried.append(f"torch cannot load the model ({exc})")
-    elif gpu is not None:
-        tried.append(f"torch sees {gpu} but the model has no torch weights")
+    elif not can_torch:
+        tried.append("the model has no torch weights")
     else:
         tried.append("torch is not installed" if not torch_installed() else "torch sees no CUDA GPU")
     if device == "cuda":

@@ -49,6 +49,22 @@ class ModelMetadata:
         if not isinstance(data, dict):
             raise ModelError(f"{source}: expected a JSON object")
         known = {"name", "outputs", "preprocessing", "thresholds", "provenance", "metrics"}
+        for key in ("preprocessing", "thresholds", "provenance", "metrics"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise ModelError(f"{source}: {key!r} must be a JSON object, not {type(data[key]).__name__} "
+                                 f"{data[key]!r:.60}")
+        if data.get("name") is not None and not isinstance(data["name"], str):
+            raise ModelError(f"{source}: 'name' must be a string")
+        size = (data.get("preprocessing") or {}).get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise ModelError(f"{source}: preprocessing 'size' must be a positive whole number of pixels, "
+                             f"not {size!r:.60}")
+        thresholds = data.get("thresholds") or {}
+        presets = thresholds.get("presets")
+        if presets is not None and not (isinstance(presets, dict) and all(isinstance(v, dict) for v in presets.values())):
+            raise ModelError(f"{source}: thresholds 'presets' must map preset names to objects")
+        if thresholds.get("default") is not None and not isinstance(thresholds["default"], str):
+            raise ModelError(f"{source}: thresholds 'default' must be a preset name")
         meta = cls(
             name=data.get("name"),
             outputs=data.get("outputs", "probabilities"),
@@ -125,7 +141,7 @@ class ModelBundle:
         if meta_path.is_file():
             try:
                 data = json.loads(meta_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ModelError(f"{meta_path}: invalid JSON: {exc}") from None
             metadata = ModelMetadata.from_dict(data, str(meta_path))
         else:

@@ -22,6 +22,7 @@ VERB_MODULES = (
     "animetagnet_train.cli",
     "animetagnet.evaluation.cli",
     "animetagnet.serve.cli",
+    "animetagnet.serve.review.cli",
 )
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AnimeTagNetError as exc:
         print(f"animetagnet: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("animetagnet: interrupted", file=sys.stderr)
         return 130

@@ -58,7 +58,9 @@ def run(job: TagJob) -> dict[str, Any]:
     style = job.options.caption.style()
     writer = make_writer(fmt, style=style, output=out.output, resume=out.resume,
                          on_existing=out.on_existing, caption_extension=out.caption_extension,
-                         output_dir=out.output_dir, roots=job.inputs.roots)
+                         output_dir=out.output_dir, roots=job.inputs.roots, caption_name=out.caption_name)
+    if hasattr(writer, "check_collisions"):
+        writer.check_collisions(job.inputs.paths)
     todo = job.inputs.paths
     skipped = 0
     if out.resume:

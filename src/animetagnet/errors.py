@@ -27,3 +27,10 @@ class DeviceError(AnimeTagNetError):
 
 class UsageError(AnimeTagNetError):
     """Options that do not make sense together, or a bad option value."""
+
+
+class WriteError(AnimeTagNetError):
+    """Results could not be written mid-run (disk full, file gone); the run stops, what was written stays whole."""
+
+    #: Exit status: some images are not done (as for failed images); a rerun continues.
+    exit_code = 1

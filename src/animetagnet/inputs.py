@@ -67,3 +67,28 @@ def collect_inputs(args: Iterable[str], *, recursive: bool = False, list_files: 
                 if p and not p.startswith("#"):
                     found.add(p, str(Path(p).parent))
     return found
+
+
+def resume_key(path: str, dirs: dict[str, str] | None = None) -> str:
+    """What --resume compares: the real path of the file's folder plus its name.
+
+    `imgs/a.jpg` typed from /abs and `/abs/imgs/a.jpg` are one image, and so are paths through
+    a symlinked folder. The name itself is not resolved: two names linked to one file are two
+    inputs, each with its own record. A relative path is taken from the current directory (as
+    the run that wrote it took it, when both ran from there). URLs (manifests) stay as they are.
+    """
+    if "://" in path:
+        return path
+    head, name = os.path.split(path)
+    real = None if dirs is None else dirs.get(head)
+    if real is None:
+        real = os.path.realpath(head or ".")
+        if dirs is not None:  # a cache the caller keeps for one batch of paths (one folder: one resolve)
+            dirs[head] = real
+    return os.path.join(real, name)
+
+
+def resume_keys(paths) -> set[str]:
+    dirs: dict[str, str] = {}
+    return {resume_key(p, dirs) for p in paths}
+

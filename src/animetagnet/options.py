@@ -41,6 +41,7 @@ DECODERS = ("auto", "threads", "processes", "gpu")
 SORT_ORDERS = ("confidence", "name", "model")
 FORMATS = ("table", "json", "jsonl", "csv", "txt")
 ON_EXISTING = ("skip", "append", "prepend", "overwrite")
+CAPTION_NAMES = ("stem", "full")
 SHARD_FORMATS = ("parquet", "jsonl")
 
 
@@ -168,6 +169,8 @@ class OptionGroup:
                 raise UsageError(f"{f.flag} must be at least {s.ge:g}, got {value}")
             if s.gt is not None and value <= s.gt:
                 raise UsageError(f"{f.flag} must be above {s.gt:g}, got {value}")
+            if s.le is not None and s.ge is None and value > s.le:
+                raise UsageError(f"{f.flag} must be at most {s.le:g}, got {value}")
 
     def values(self) -> dict[str, Any]:
         """Attribute -> value of every field (options and internal ones alike)."""
@@ -407,6 +410,9 @@ class OutputOptions(OptionGroup):
     output: str | None = option(None, "result file for json/jsonl/csv (default: standard output); a directory "
                                       "of shards with --engine ray", short=("-o",), metavar="PATH", http=False)
     caption_extension: str = option(".txt", "caption file extension for --format txt", metavar="EXT", http=False)
+    caption_name: str = option("stem", "caption file names: stem (a.jpg -> a.txt; a.jpg and a.png in one folder "
+                                       "are refused, naming the pairs) or full (a.jpg -> a.jpg.txt)",
+                               choices=CAPTION_NAMES, http=False)
     output_dir: str | None = option(None, "write caption files here, mirroring the input tree", metavar="DIR", http=False)
     on_existing: str = option("skip", "what to do with an existing caption (or -o result file); default skip: "
                                       "never destroy anything", choices=ON_EXISTING, http=False)
@@ -458,7 +464,7 @@ class ServeOptions(OptionGroup):
                             choices=("critical", "error", "warning", "info", "debug"), http=False)
     allowed_host: tuple[str, ...] = option(
         (), "also accept requests whose Host header is this name (repeatable or comma-separated; *.example.com "
-            "for sub-domains, * for any); localhost, 127.0.0.1, ::1 and --host are always accepted",
+            "for sub-domains, * for any; a :port is ignored); localhost, 127.0.0.1, ::1 and --host are always accepted",
         split=",", metavar="HOST", http=False)
     allowed_origin: tuple[str, ...] = option(
         (), "also accept uploads and other writes from web pages of this origin, e.g. https://app.example.com "
@@ -497,9 +503,23 @@ class ServeOptions(OptionGroup):
                                 keep_alive=self.keep_alive)
 
 
+@dataclass(frozen=True)
+class IndexOptions(OptionGroup):
+    """What `animetagnet index` takes from DIR and keeps in the gallery database (--db is the verb's own)."""
+
+    title: ClassVar[str] = "indexing"
+
+    recursive: bool = option(True, "index sub-folders too", off_help="only DIR itself, no sub-folders", http=False)
+    keep_missing: bool = option(False, "keep entries of files that are no longer under DIR", http=False)
+    allow_symlinks: bool = option(False, "also index (and serve) symlinks to files outside DIR; by default they "
+                                         "are refused", http=False)
+    floor: float | None = option(None, "store every tag scoring at least this (default 0.1), for confidence searches",
+                                 gt=0.0, le=1.0, http=False)
+
+
 #: Every group, in the order docs/options.md lists them.
 ALL_GROUPS: tuple[type[OptionGroup], ...] = (ModelOptions, ThresholdOptions, FilterOptions, CaptionOptions,
-                                             OutputOptions, RayOptions, ServeOptions)
+                                             OutputOptions, RayOptions, ServeOptions, IndexOptions)
 
 
 def markdown(groups: Iterable[type[OptionGroup]] = ALL_GROUPS) -> str:

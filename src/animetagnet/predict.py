@@ -100,15 +100,28 @@ class Predictor:
         # the pooled features, which tagging never fetches.
         outputs = self.session.get_outputs()
         out_shape = outputs[0].shape
-        if len(out_shape) != 2:
+        # onnxruntime reports an output of unknown rank as []: allowed here, checked on each run.
+        if not isinstance(out_shape, (list, tuple)) or len(out_shape) not in (0, 2):
             raise ModelError(f"{model_path}: output 0 must be [N, tags] probabilities, got shape {out_shape}")
-        self.num_outputs: int | None = out_shape[-1] if isinstance(out_shape[-1], int) else None
+        self.model_path = model_path
+        self.num_outputs: int | None = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
         self.output_name = outputs[0].name
         self.embedding_name: str | None = outputs[1].name if len(outputs) > 1 else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a float32 [N, H, W, 3] batch; returns [N, num_outputs] float32."""
+        """Run a float32 [N, H, W, 3] batch; returns [N, num_outputs] float32 (ModelError for any other shape)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self._checked(self._run(batch), batch.shape[0])
+
+    def _checked(self, out, n: int) -> np.ndarray:
+        # A declared shape is a promise onnxruntime does not enforce: check what came back.
+        out = np.asarray(out)
+        if out.ndim != 2 or out.shape[0] != n or (self.num_outputs is not None and out.shape[1] != self.num_outputs):
+            raise ModelError(f"{self.model_path}: output 0 must be [N, tags] probabilities; for a batch of {n} "
+                             f"the model returned shape {list(out.shape)}")
+        return out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if self.fixed_batch is None or batch.shape[0] == self.fixed_batch:
             return self.session.run([self.output_name], {self.input_name: batch})[0]
         # Fixed-batch model (WD v2 has batch 1): feed it in chunks of its size.
@@ -119,7 +132,7 @@ class Predictor:
             n = chunk.shape[0]
             if n < fb:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fb - n, axis=0)])
-            outs.append(self.session.run([self.output_name], {self.input_name: chunk})[0][:n])
+            outs.append(self._checked(self.session.run([self.output_name], {self.input_name: chunk})[0], fb)[:n])
         return np.concatenate(outs)
 
     def close(self) -> None:

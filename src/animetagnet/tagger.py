@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -120,6 +120,9 @@ class Tagger:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a preprocessed [N, H, W, 3] float32 BGR batch."""
         out = self.predictor.run(batch)
+        if out.shape[1] != len(self.vocab):  # a dynamic output axis, known only now
+            raise ModelError(f"{self.bundle.path}: the model returned {out.shape[1]} outputs but selected_tags.csv "
+                             f"lists {len(self.vocab)} tags; the label file does not belong to this model")
         if self._logits:
             out = 1.0 / (1.0 + np.exp(-out))
         return out
@@ -183,7 +186,7 @@ class Tagger:
             yield from iter_gpu_decoded(self, paths, workers=workers)
             return
         window = self.batch_size * 2 + workers  # decoded-but-not-inferred images held at most
-        pending: deque[Future[LoadedImage]] = deque()
+        pending: deque[tuple[str, Future[LoadedImage]]] = deque()
         ready: list[LoadedImage] = []
         # Processes hand back uint8 (exact, a quarter of the bytes to pickle); threads what the backend takes.
         dtype = np.uint8 if self.decoder == "processes" else getattr(self.predictor, "wire_dtype", np.float32)
@@ -217,10 +220,24 @@ class Tagger:
                     except StopIteration:
                         exhausted = True
                         break
-                    pending.append(pool.submit(load_file, os.fspath(p), *args))
+                    path = os.fspath(p)
+                    try:
+                        pending.append((path, pool.submit(load_file, path, *args)))
+                    except BrokenExecutor:  # a decoder process died since the last result
+                        ready.extend(self._decoder_died(pending))
+                        pool = self._process_pool(workers)
+                        pending.append((path, pool.submit(load_file, path, *args)))
                 if not pending:
                     break
-                ready.append(pending.popleft().result())
+                path, fut = pending.popleft()
+                try:
+                    ready.append(fut.result())
+                except BrokenExecutor:
+                    # A decoder process was killed (OOM killer, a crash in a codec): every image
+                    # still in flight is lost with it; report them as failed, start fresh processes.
+                    pending.appendleft((path, fut))
+                    ready.extend(self._decoder_died(pending))
+                    pool = self._process_pool(workers)
                 if sum(1 for r in ready if r.error is None) >= self.batch_size or (exhausted and not pending):
                     yield from flush()
             if ready:
@@ -236,6 +253,20 @@ class Tagger:
             # forkserver: never fork a process that holds onnxruntime/CUDA threads.
             self._pool = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")))
         return self._pool[1]
+
+    def _decoder_died(self, pending: deque[tuple[str, Future[LoadedImage]]]) -> list[LoadedImage]:
+        """Drop a broken process pool; the images it held become per-image errors, in order."""
+        lost: list[LoadedImage] = []
+        while pending:
+            path, fut = pending.popleft()
+            try:
+                lost.append(fut.result())  # decoded before the crash: still good
+            except BrokenExecutor:
+                lost.append(LoadedImage(path, None, "decoder process died"))
+        if self._pool is not None:
+            self._pool[1].shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        return lost
 
     def close(self) -> None:
         """Free the model (onnxruntime session or torch module and its memory) and the decoding processes."""

@@ -21,7 +21,6 @@ Pillow's own bicubic weights, so it equals the CPU path within rounding (see `re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from torch import nn
 
 from .bundle import LABELS_FILE, ModelBundle
 from .errors import DeviceError, ImageError, ModelError
+from .fileio import sha256_file
 from .predict import DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def _load_export(out_dir: Path):
         raise ModelError(f"{out_dir}: the torch backend needs the run's weights, and {wfile} is gone "
                          "(use --backend onnx for this export)")
     want = prov.get("weights_sha256")
-    if want and _sha256(wfile) != want:
+    if want and sha256_file(wfile) != want:
         raise ModelError(f"{out_dir}: {wfile} changed since the export (sha256 differs); export again, or use --backend onnx")
     try:
         cfg, run_vocab, net, _ = export.load_run(run_dir, weights)
@@ -250,12 +250,6 @@ def _load_export(out_dir: Path):
     return bundle, _Graph(wdgraph.ExportGraph(net, plan, network_size, size)), size
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- running ----------------------------------------------------------------------
@@ -394,6 +388,12 @@ def _inspect(path: str, size: int, exact: bool, max_pixels):
     try:
         img = open_image(path, max_pixels=max_pixels)
         plain = img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
+        # The device decodes at full size and pads to a max(w, h) square: a long thin JPEG under the
+        # pixel limit could still need a huge square (the bound serve's _prepare_bounded puts on it).
+        # Those take the CPU path, whose JPEG draft mode shrinks them before padding.
+        side = max(img.size)
+        if max_pixels is not None and side * side > max_pixels:
+            plain = False
         img.close()
         if plain:
             with open(path, "rb") as fh:
@@ -491,6 +491,8 @@ def _inspect_cpu(path: str, size: int, tagger):
         return LoadedImage(path, load_and_preprocess(path, size, exact=tagger.exact, max_pixels=tagger.max_pixels).astype(np.uint8))
     except ImageError as exc:
         return LoadedImage(path, None, exc.reason)
+    except Exception as exc:  # noqa: BLE001 - one hostile file must never end a batch
+        return LoadedImage(path, None, f"unexpected {type(exc).__name__}: {exc}")
 
 
 def _batched(it: Iterator[str], n: int) -> Iterator[list[str]]:

@@ -130,6 +130,11 @@ class Vocabulary(Sequence[Tag]):
             text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise ModelError(f"label file not found: {path}") from None
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{path}: label file is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                             f"{exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read the label file ({exc.strerror or exc})") from None
         return cls.from_csv_text(text, source=str(path))
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Layout of a cache directory (default DATASET_DIR/.cache/SIZEpx, `data.cache: auto`):
 
-- `manifest.json`: size, layout, the dataset's fingerprint per split (ids, paths, file sizes and
+- `manifest.json`: size, layout, the preprocessing parameters (`preprocessing()`: a cache built
+  with others is rebuilt), the dataset's fingerprint per split (ids, paths, file sizes and
   modification times) and, per finished shard, its image range and sha256;
 - `SPLIT-NNNNN.u8`: raw [count, S, S, 3] uint8 BGR arrays, read with numpy memmap: exactly
   what `data.TagDataset` yields without augmentation (THE preprocessing of images.py, which
@@ -32,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from animetagnet.fileio import atomic_write_text
+from animetagnet.fileio import atomic_write_text, sha256_file
 
 from .config import AugmentConfig
 from .errors import TrainingError
@@ -58,12 +59,19 @@ def fingerprint(split) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+
+
+#: Bump when THE preprocessing changes in a way `preprocessing()` does not already show (padding,
+#: channel order, the draft rule): a cache built by other code is then rebuilt, never trained on.
+PREPROCESS_VERSION = 1
+
+
+def preprocessing() -> dict:
+    """What the cached pixels depend on besides the files: recorded in the manifest, compared on use."""
+    from animetagnet import images
+
+    return {"version": PREPROCESS_VERSION, "draft_margin": images.DRAFT_MARGIN, "resample": "bicubic",
+            "pad": list(images.WHITE), "channels": "BGR"}
 
 
 def _decode(args) -> np.ndarray:
@@ -104,7 +112,12 @@ def build(dataset_dir: str | Path, size: int, cache_dir: str | Path | None = Non
     if old and (old.get("format") != FORMAT or old.get("size") != size):
         raise TrainingError(f"{cache_dir} holds a cache at {old.get('size')} px, not {size}; choose another directory")
     manifest = {"format": FORMAT, "size": size, "layout": "NHWC BGR uint8 (THE preprocessing)",
+                "preprocessing": preprocessing(),
                 "dataset": str(ds.root.resolve()), "shard_images": SHARD_IMAGES, "splits": {}}
+    if old and old.get("preprocessing") != manifest["preprocessing"]:
+        log(f"cache {cache_dir}: built with other preprocessing ({old.get('preprocessing')}, now "
+            f"{manifest['preprocessing']}); building it again")
+        old = {}
     item_bytes = size * size * 3
     built = kept = 0
     from animetagnet.predict import usable_cores
@@ -137,7 +150,7 @@ def build(dataset_dir: str | Path, size: int, cache_dir: str | Path | None = Non
                 path = cache_dir / fname
                 have = done.get(fname)
                 if have and have["start"] == start and have["count"] == count and path.is_file() \
-                        and path.stat().st_size == count * item_bytes and (not verify or _sha256(path) == have["sha256"]):
+                        and path.stat().st_size == count * item_bytes and (not verify or sha256_file(path) == have["sha256"]):
                     entry["shards"].append(have)
                     kept += 1
                     continue
@@ -153,7 +166,7 @@ def build(dataset_dir: str | Path, size: int, cache_dir: str | Path | None = Non
                 mm.flush()
                 del mm
                 os.replace(tmp, path)
-                entry["shards"].append({"file": fname, "start": start, "count": count, "sha256": _sha256(path)})
+                entry["shards"].append({"file": fname, "start": start, "count": count, "sha256": sha256_file(path)})
                 atomic_write_text(cache_dir / "manifest.json", json.dumps(manifest, indent=1) + "\n")
                 built += 1
                 log(f"cache {name}: {fname} ({count} images) in {time.perf_counter() - t0:.1f} s")
@@ -176,6 +189,8 @@ class CachedImages:
             raise TrainingError(f"{cache_dir}: no cache manifest (build it with `animetagnet cache DATASET --size {size}`)")
         if manifest.get("size") != size:
             raise TrainingError(f"{cache_dir}: the cache is {manifest.get('size')} px but model.image_size is {size}")
+        if manifest.get("preprocessing") != preprocessing():
+            raise TrainingError(f"{cache_dir}: the cache was built with other preprocessing (rebuild it)")
         entry = (manifest.get("splits") or {}).get(split_name)
         if not entry or entry.get("fingerprint") != fingerprint(split):
             raise TrainingError(f"{cache_dir}: the cache of {split_name} does not match the dataset (rebuild it)")

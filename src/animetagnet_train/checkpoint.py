@@ -1,17 +1,41 @@
-"""Run checkpoints as safetensors (tensors) + JSON (everything else): resumable, never unpickled."""
+"""Run checkpoints as safetensors (tensors) + JSON (everything else): resumable, never unpickled.
+
+Every file carries a SHA-256 of its tensors (names, dtypes, shapes and bytes) in its metadata,
+checked on load: a file whose header is intact but whose tensor bytes changed (a bad disk, a
+copy cut short and padded) is refused instead of resuming with garbage weights. The training
+state is kept twice: saving a new one first renames the last one to PREV_STATE_FILE, and
+`load_state` falls back to it, with a warning, when the latest does not verify.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
 
-from animetagnet.fileio import atomic_write_bytes
+from animetagnet.fileio import atomic_write_bytes, cleanup_stale_temp
 
 from .errors import TrainingError
 
 STATE_FILE = "last_state.safetensors"
+#: The state saved before STATE_FILE: what a resume uses when the latest is corrupted.
+PREV_STATE_FILE = "prev_state.safetensors"
+CHECKSUM_KEY = "tensors_sha256"
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: each name, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
@@ -19,7 +43,8 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict | No
 
     # clone: safetensors refuses tensors that share storage (views, tied weights).
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
-    meta = {"json": json.dumps(metadata or {})}
+    meta = {"json": json.dumps(metadata or {}), CHECKSUM_KEY: tensors_checksum(tensors)}
+    cleanup_stale_temp(path.parent, {path.name})  # what a kill during an earlier save left
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
@@ -33,9 +58,13 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
+        extra = json.loads(meta.get("json", "{}"))
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a user-facing error
         raise TrainingError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
-    return tensors, json.loads(meta.get("json", "{}"))
+    expected = meta.get(CHECKSUM_KEY)  # absent in files written before checksums: loaded as they are
+    if expected is not None and tensors_checksum(tensors) != expected:
+        raise TrainingError(f"{path}: checkpoint is corrupted (its tensors do not match their checksum)")
+    return tensors, extra
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -77,14 +106,46 @@ def save_state(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module | Non
         "optimizer": opt_meta,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
-    save_weights(run_dir / "checkpoints" / STATE_FILE, tensors, meta)
+    latest = run_dir / "checkpoints" / STATE_FILE
+    if latest.is_file():  # the one before stays as the fallback (a kill between the two steps: see load_state)
+        os.replace(latest, latest.with_name(PREV_STATE_FILE))
+    save_weights(latest, tensors, meta)
+
+
+def has_state(run_dir: Path) -> bool:
+    ckpt = run_dir / "checkpoints"
+    return (ckpt / STATE_FILE).is_file() or (ckpt / PREV_STATE_FILE).is_file()
+
+
+def _read_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The latest state that verifies; the previous one, with a warning, when the latest does not."""
+    latest = run_dir / "checkpoints" / STATE_FILE
+    prev = latest.with_name(PREV_STATE_FILE)
+    problems = []
+    for path in (latest, prev):
+        if not path.is_file():
+            problems.append(f"{path.name} missing")
+            continue
+        try:
+            tensors, meta = load_weights(path)
+        except TrainingError as exc:
+            problems.append(str(exc).removeprefix(f"{path}: "))
+            continue
+        if "progress" not in meta:
+            problems.append(f"{path.name} has no training state")
+            continue
+        if path == prev:
+            print(f"animetagnet: warning: {latest.name} is unusable ({problems[0]}); resuming from the previous "
+                  f"checkpoint {prev.name} (epoch {meta['progress'].get('epoch', 0) + 1}, step "
+                  f"{meta['progress'].get('global_step')})", file=sys.stderr, flush=True)
+        return tensors, meta
+    raise TrainingError(f"{run_dir}: no usable checkpoint to resume from: {STATE_FILE}: {problems[0]}; "
+                        f"{PREV_STATE_FILE}: {problems[1]}")
 
 
 def load_state(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module | None, optimizer, scaler) -> dict:
     """Restore everything save_state wrote; returns the progress record (epoch, step, history...)."""
-    tensors, meta = load_weights(run_dir / "checkpoints" / STATE_FILE)
-    if "progress" not in meta:
-        raise TrainingError(f"{run_dir}: checkpoint has no training state")
+    tensors, meta = _read_state(run_dir)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

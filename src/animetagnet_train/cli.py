@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", metavar="YAML", help="recipe, e.g. configs/smoke.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 --set train.epochs=3 (repeatable)")
+    p.add_argument("--init-from", metavar="MODEL_OR_RUN", default=None,
+                   help="fine-tune from a run directory, an exported model directory (its run's weights) or a "
+                        "checkpoint: keeps its vocabulary and adds the dataset's new tags (model.init_from)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint (config from the run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=run_train)
@@ -67,6 +70,10 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     overrides = list(args.overrides)
+    if args.init_from:
+        import json as _json
+
+        overrides.append(f"model.init_from={_json.dumps(str(Path(args.init_from).resolve()) if Path(args.init_from).exists() else args.init_from)}")
     if args.no_progress:
         overrides.append("train.progress=false")
     if args.resume:
@@ -77,7 +84,16 @@ def run_train(args: argparse.Namespace) -> int:
             raise TrainingError(f"--resume: {saved} not found (is {args.out} a run directory?)")
         cfg = config.load(saved, overrides)
     else:
-        cfg = config.load(args.config, overrides)
+        recipe = args.config
+        if recipe is None and args.init_from:
+            from .model import resolve_init
+
+            weights, _, _ = resolve_init(args.init_from)
+            run_cfg = weights.parent.parent / "config.yaml"  # RUN/checkpoints/best.safetensors
+            if run_cfg.is_file():
+                recipe = run_cfg  # fine-tuning repeats the run's recipe unless --config says otherwise
+                print(f"recipe: {run_cfg} (the --init-from run's; --config to change it)", file=sys.stderr)
+        cfg = config.load(recipe, overrides)
     result = train(args.dataset, args.out, cfg, resume=args.resume)
     if result.interrupted:
         print(f"interrupted; checkpoint saved. Continue with: animetagnet train {args.dataset} --out {args.out} --resume",

@@ -71,6 +71,22 @@ def _read_split(ds: DatasetDirectory, name: str) -> Split:
     return Split(ids, paths, labels)
 
 
+def with_vocabulary(ds: DatasetDir, vocab: Vocabulary) -> DatasetDir:
+    """The dataset with its labels re-indexed by name into `vocab` (a superset of its own vocabulary).
+
+    `train --init-from` trains on the checkpoint's vocabulary plus the dataset's new tags, and
+    `export` reads the dataset in the run's vocabulary the same way."""
+    if vocab.names == ds.vocab.names:
+        return ds
+    lost = [n for n in ds.vocab.names if n not in vocab]
+    if lost:
+        raise TrainingError(f"{ds.root}: {len(lost)} dataset tag(s) are not in the run's vocabulary (e.g. {lost[:5]})")
+    mapping = np.array([vocab.index(n) for n in ds.vocab.names], dtype=np.int32)
+    splits = {name: Split(sp.ids, sp.paths, [np.sort(mapping[lab]).astype(np.int32) for lab in sp.labels])
+              for name, sp in ds.splits.items()}
+    return DatasetDir(ds.root, vocab, splits)
+
+
 def open_dataset(root: str | Path) -> DatasetDir:
     """Read a dataset directory (docs/formats.md) through the core's one validator.
 

@@ -19,7 +19,7 @@ import torch
 
 from animetagnet.errors import ImageError
 from animetagnet.evaluation import calibration
-from animetagnet.fileio import atomic_write_bytes, atomic_write_text
+from animetagnet.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from animetagnet.images import load_and_preprocess
 from animetagnet.postprocess import TagSelector
 from animetagnet.vocab import Category, Vocabulary, extra_category_warning
@@ -49,14 +49,6 @@ def load_run(run_dir: Path, weights: str = "best"):
     return cfg, vocab, net.eval(), meta
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def to_onnx_bytes(graph: wdgraph.ExportGraph, size: int, opset: int = 17) -> bytes:
@@ -225,12 +217,19 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
     lines += [
         "",
         "## Which tools read it",
-        "Checked by this project's tests with each tool's convention (imgutils with its own code):",
-        "- imgutils `get_wd14_tags`: reads the input size from the model and needs the two outputs; any size works.",
+        "Checked by this project's tests on a model trained on real faces: imgutils with its own code, the "
+        "others with their reading conventions restated (they cannot be installed from a registry).",
+        "- imgutils `get_wd14_tags` (from a Hugging Face cache entry): reads the input size from the model and "
+        "needs the two outputs; any size works; tags and confidences equal `animetagnet tag --exact`.",
         "- ComfyUI-WD14-Tagger (flat `NAME.onnx` + `NAME.csv`, `animetagnet export --comfyui DIR`) and the A1111 "
-        "wd14 tagger extensions: read the input size from the model; any size works.",
-        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx`: always feeds 448 px; use an export made with "
-        "`--input-size 448`" + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
+        "wd14 tagger extensions: read the input size from the model; any size works; they resize with other "
+        "filters than ours, so a confidence near a threshold can differ slightly.",
+        "- kohya sd-scripts `tag_images_by_wd14_tagger.py --onnx` (`--model_dir PARENT --repo_id FOLDER`): always "
+        "feeds 448 px; use an export made with `--input-size 448`"
+        + (" (this one)." if pre["size"] == 448 else f" (this one takes {pre['size']} px)."),
+        "- The 448 px export resizes to the trained size inside the graph: on the faces recipe it cost 0.0001 "
+        "test mAP against the native size (benchmarks/RESULTS.md); measure yours with "
+        "`animetagnet evaluate --model NATIVE --compare EXPORT_448`.",
         "",
         "## Training",
     ]
@@ -292,6 +291,8 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         if not dataset_dir:
             raise TrainingError(f"{run_dir}: no dataset recorded; pass --dataset")
     ds = data.open_dataset(dataset_dir)
+    if ds.vocab.names != run_vocab.names and set(ds.vocab.names) <= set(run_vocab.names):
+        ds = data.with_vocabulary(ds, run_vocab)  # a fine-tuned run: the checkpoint's tags plus the dataset's
     if ds.vocab.names != run_vocab.names:
         raise TrainingError(f"{dataset_dir}: vocabulary differs from the run's ({len(ds.vocab)} vs {len(run_vocab)} tags)")
     rating_idx = set(run_vocab.indices(Category.RATING).tolist())
@@ -378,7 +379,7 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
             "init_from": cfg.model.init_from,
             "weights": weights,
             # The torch backend runs an export from these weights; the hash tells it they are still the exported ones.
-            "weights_sha256": _sha256(run_dir / "checkpoints" / f"{weights}.safetensors"),
+            "weights_sha256": sha256_file(run_dir / "checkpoints" / f"{weights}.safetensors"),
             "epoch": wmeta.get("epoch"),
             "epochs_trained": len(history),
             "selected_by": f"val {wmeta.get('metric')}" if wmeta.get("metric") else None,

@@ -122,9 +122,31 @@ def _hub_or_path(ref: str) -> Path:
     raise TrainingError(f"model.init_from: {ref} not found")
 
 
+def _exported_run(p: Path) -> Path | None:
+    """The run directory an exported model directory came from (its animetagnet.json provenance), if still there."""
+    meta = p / "animetagnet.json"
+    if not (p / "model.onnx").is_file() or not meta.is_file():
+        return None
+    try:  # not UTF-8, not JSON (ValueError), unreadable (OSError): say so, not a traceback
+        run = (json.loads(meta.read_text(encoding="utf-8")).get("provenance") or {}).get("run")
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{meta}: cannot be read ({getattr(exc, 'strerror', None) or exc}); it should name the "
+                            "training run of this exported model: pass the run directory as --init-from") from None
+    except AttributeError:  # JSON, but not our metadata object
+        return None
+    if not isinstance(run, str):
+        run = None
+    if run and (Path(run) / "checkpoints" / "best.safetensors").is_file():
+        return Path(run)
+    raise TrainingError(f"{p} is an exported model (ONNX) whose training run {run or '(not recorded)'} is not here; "
+                        "fine-tuning needs the run's weights: pass the run directory as --init-from")
+
+
 def resolve_init(ref: str) -> tuple[Path, list[str] | None, dict | None]:
     """-> (weights file, checkpoint vocabulary or None, timm config.json or None)."""
     p = _hub_or_path(ref)
+    if p.is_dir() and not (p / "model.safetensors").is_file() and not (p / "checkpoints").is_dir():
+        p = _exported_run(p) or p  # an exported model: start from the weights of its run
     if p.is_dir():
         run_best = p / "checkpoints" / "best.safetensors"
         if run_best.is_file():  # one of our run directories
@@ -187,3 +209,30 @@ def build(cfg: ModelConfig, vocab: Vocabulary) -> tuple[Tagger, dict]:
     if old_vocab is not None:
         info["vocab_added"] = len([t for t in vocab.names if t not in set(old_vocab)])
     return model, info
+
+
+def _vocab_file(ref: str) -> Path | None:
+    weights, _, _ = resolve_init(ref)
+    for cand in (weights.parent / "selected_tags.csv", weights.parent.parent / "selected_tags.csv"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def init_vocabulary(ref: str, dataset_vocab: Vocabulary) -> Vocabulary:
+    """The checkpoint's vocabulary (every tag, in its order) with the dataset's new tags added.
+
+    New tags go after the last old tag of their category (so the WD layout, ratings then
+    general then character, holds); the head rows are then matched by name in `remap_head`."""
+    path = _vocab_file(ref)
+    if path is None:
+        return dataset_vocab
+    old = Vocabulary.read_csv(path)
+    new = [t for t in dataset_vocab if t.name not in old]
+    if not new:
+        return old
+    tags = list(old)
+    for tag in new:
+        same = [i for i, t in enumerate(tags) if t.category == tag.category]
+        tags.insert(same[-1] + 1 if same else len(tags), tag)
+    return Vocabulary(tags)

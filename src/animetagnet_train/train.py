@@ -154,7 +154,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> dict:
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bool, dataset_dir: Path) -> None:
     state = run_dir / "checkpoints" / checkpoint.STATE_FILE
     if resume:
-        if not state.is_file():
+        if not checkpoint.has_state(run_dir):
             raise TrainingError(f"--resume: {run_dir} has no checkpoint to resume from ({state} missing)")
         saved = Vocabulary.read_csv(run_dir / "selected_tags.csv")
         if saved.names != vocab.names:
@@ -170,7 +170,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, vocab: Vocabulary, resume: bo
             info.setdefault("resumed_with", []).append(changes)
             atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
         return
-    if state.is_file():
+    if checkpoint.has_state(run_dir):
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
@@ -218,6 +218,9 @@ class Trainer:
         if t_cfg.threads > 0:
             torch.set_num_threads(t_cfg.threads)
         ds = data.open_dataset(dataset_dir)
+        if cfg.model.init_from and cfg.model.extend_vocab:
+            # Fine-tuning keeps every output of the checkpoint and adds the dataset's new tags.
+            ds = data.with_vocabulary(ds, model_mod.init_vocabulary(cfg.model.init_from, ds.vocab))
         self.vocab = vocab = ds.vocab
         if "val" not in ds.splits:
             raise TrainingError(f"{dataset_dir}: val.jsonl is missing (needed to pick the best checkpoint)")

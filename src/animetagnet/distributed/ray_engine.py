@@ -22,6 +22,7 @@ from typing import Any
 
 from ..engine import TagJob
 from ..errors import UsageError
+from ..inputs import resume_key, resume_keys
 from .replica import TaggerReplica
 from .shards import ShardBuffer, ShardStore
 
@@ -53,15 +54,18 @@ def todo(job: TagJob, captions) -> tuple[list[str], int, ShardStore | None]:
             dropped = store.drop_failed()
             if dropped:
                 job.say(f"{dropped} images that failed before are tried again (--resume)")
-            done = store.done_paths()
+            done = resume_keys(store.done_paths())  # the real folder: a path's spelling never tags it twice
         elif job.output.on_existing == "overwrite":
             job.say(f"removed {store.clear()} earlier shards from {out} (--on-existing overwrite)")
         else:
             raise UsageError(f"{out} already holds result shards; pass --resume to continue that run "
                              "or --on-existing overwrite to replace it")
     elif store is None and job.output.resume and captions is not None:
-        done = {p for p in paths if captions.is_done(p)}
-    left = [p for p in paths if p not in done]
+        done = resume_keys(p for p in paths if captions.is_done(p))
+    dirs: dict[str, str] = {}
+    left = [p for p in paths if resume_key(p, dirs) not in done]
+    if store is not None and left:
+        store.check_writable()
     return left, len(paths) - len(left), store
 
 
@@ -128,7 +132,9 @@ def run(job: TagJob, *, replica_cls: type = TaggerReplica) -> dict[str, Any]:
     captions = None
     if job.format == "txt":
         captions = CaptionWriter(job.options.caption.style(), extension=out.caption_extension,
-                                 on_existing=out.on_existing, output_dir=out.output_dir, roots=job.inputs.roots)
+                                 on_existing=out.on_existing, output_dir=out.output_dir, roots=job.inputs.roots,
+                                 name=out.caption_name)
+        captions.check_collisions(job.inputs.paths)
     if job.ray.address is None and job.options.model.model is not None:
         from ..bundle import ModelBundle
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 from typing import Any, Iterator
 
-from ..errors import UsageError
-from ..fileio import atomic_write_bytes
+from ..errors import UsageError, WriteError
+from ..fileio import atomic_write_bytes, cleanup_stale_temp
 from ..options import SHARD_FORMATS  # noqa: F401 - defined with the option that picks one
 
 SHARD_PREFIX = "part-"
@@ -81,6 +82,8 @@ class ShardStore:
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise UsageError(f"{url} is a file; --engine ray writes a directory of shards (-o DIR)")
+        if self.local:  # temporary shards of a killed driver
+            cleanup_stale_temp(self.root, lambda name: name.startswith(SHARD_PREFIX))
 
     # --- reading ------------------------------------------------------------
     def shards(self) -> list[str]:
@@ -127,13 +130,31 @@ class ShardStore:
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, final)
 
+    def check_writable(self) -> None:
+        """UsageError now, before any image is tagged, if shards cannot be written here (local folders)."""
+        if not self.local:
+            return
+        import tempfile
+
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{SHARD_PREFIX}probe.", suffix=".tmp", dir=self.root)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UsageError(f"cannot write result shards to {self.url}: {exc.strerror or exc}") from None
+
     def write_shard(self, name: str, records: list[dict[str, Any]]) -> str:
         name = f"{SHARD_PREFIX}{name}.{self.fmt}"
         if self.fmt == "parquet":
             data = records_to_parquet(records)
         else:
             data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        self._put(name, data)
+        try:
+            self._put(name, data)  # whole shards only: a failed one leaves no file under its name
+        except OSError as exc:
+            raise WriteError(f"cannot write result shard {self.url}/{name}: {exc.strerror or exc}; the shards "
+                             "written before are whole (make room, then rerun with --resume)") from None
         return name
 
     def drop_failed(self) -> int:

@@ -36,7 +36,7 @@ examples:
 
 
 def register(sub) -> None:
-    from ..options import ModelOptions, ServeOptions, ThresholdOptions
+    from ..options import IndexOptions, ModelOptions, ServeOptions, ThresholdOptions
 
     p = sub.add_parser("serve", help="HTTP service and web page for tagging (and the gallery)",
                        description="Tag uploads over HTTP: a JSON API (reference at /api, OpenAPI at /openapi.json) and a web page at /.",
@@ -51,11 +51,7 @@ def register(sub) -> None:
                        epilog=INDEX_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--db", required=True, metavar="FILE", help="the SQLite database (created if absent)")
-    p.add_argument("--no-recursive", dest="recursive", action="store_false", help="only DIR itself, no sub-folders")
-    p.add_argument("--keep-missing", dest="prune", action="store_false",
-                   help="keep entries of files that are no longer under DIR")
-    p.add_argument("--floor", type=float, default=None,
-                   help="store every tag scoring at least this (default 0.1), for confidence searches")
+    IndexOptions.add_arguments(p)
     ModelOptions.add_arguments(p)
     ThresholdOptions.add_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,12 +90,10 @@ def run_serve(args) -> int:
     from ..options import ModelOptions, ServeOptions
     from .app import create_app
     from .connections import fit_connections, raise_file_limit, server_config
-    from .security import normalize_origin, trusted_hosts
+    from .security import check_origins, trusted_hosts
 
     opts = ServeOptions.from_args(args)
-    for origin in opts.allowed_origin:
-        if origin != "*" and normalize_origin(origin) is None:
-            raise UsageError(f"--allowed-origin takes scheme://host[:port] (e.g. https://app.example.com), not {origin!r}")
+    check_origins(opts.allowed_origin)
     connections, lowered = fit_connections(opts.connection_limits(), raise_file_limit())
     tagger = ModelOptions.from_args(args).load()
     hosts = trusted_hosts(opts.host, opts.allowed_host)
@@ -130,14 +124,12 @@ def run_serve(args) -> int:
 
 
 def run_index(args) -> int:
-    from ..errors import UsageError
-    from ..options import ModelOptions, ThresholdOptions
+    from ..options import IndexOptions, ModelOptions, ThresholdOptions
     from ..progress import Progress
     from .gallery import DEFAULT_FLOOR, index_folder
 
-    floor = DEFAULT_FLOOR if args.floor is None else args.floor
-    if not 0.0 < floor <= 1.0:
-        raise UsageError(f"--floor must be in (0, 1], got {floor}")
+    opts = IndexOptions.from_args(args)
+    floor = DEFAULT_FLOOR if opts.floor is None else opts.floor
     thresholds = ThresholdOptions.from_args(args)
     model = ModelOptions.from_args(args)
     tagger = model.load()
@@ -148,8 +140,9 @@ def run_index(args) -> int:
     def progress(total: int) -> Progress:
         return Progress(total, enabled=False if (quiet or args.no_progress) else None, label="indexing")
 
-    report = index_folder(args.db, args.dir, tagger, thresholds, floor=floor, recursive=args.recursive,
-                          prune=args.prune, workers=model.workers, progress_factory=progress)
+    report = index_folder(args.db, args.dir, tagger, thresholds, floor=floor, recursive=opts.recursive,
+                          prune=not opts.keep_missing, workers=model.workers, progress_factory=progress,
+                          allow_symlinks=opts.allow_symlinks)
     for path, reason in report.errors:
         print(f"animetagnet: skipped {path}: {reason}", file=sys.stderr)
     if not quiet:
@@ -163,10 +156,6 @@ def run_index(args) -> int:
 def run_search(args) -> int:
     from .gallery import Gallery
 
-    if args.limit < 1 or args.offset < 0:
-        from ..errors import UsageError
-
-        raise UsageError("--limit must be >= 1 and --offset >= 0")
     res = Gallery(args.db).search(args.query, limit=args.limit, offset=args.offset, counts=args.counts)
     fmt = args.format or ("table" if sys.stdout.isatty() else "paths")
     out = sys.stdout

@@ -11,6 +11,16 @@ from ..errors import UsageError
 RATING_ALIASES = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit",
                   "safe": "general", "nsfw": "explicit"}
 _NUMBER = re.compile(r"^(>=|<=|>|<|=)?(\d*\.?\d+)$")
+#: Caps on one query, checked before any SQL exists: every term is one condition of the search,
+#: a wildcard term the costliest (it cannot use the tag index). The cost of what passes is
+#: bounded again while it runs (serve/gallery.py's step budget).
+MAX_QUERY_CHARS = 2000
+MAX_TERMS = 32
+MAX_WILDCARDS = 4
+
+
+class QueryTooExpensive(UsageError):
+    """A query over the caps above or over the search's step budget (HTTP 400 query_too_expensive)."""
 
 
 # --- query language ------------------------------------------------------------
@@ -30,8 +40,16 @@ def parse_query(text: str) -> list[Term]:
     (confidence; an absent tag counts as 0), `*` wildcards (`*_hair`), `rating:general` or
     `rating:g,s` and `-rating:e`. Tags with a colon of their own (`:d`) work as they are.
     """
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryTooExpensive(f"query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}")
+    words = text.split()
+    if len(words) > MAX_TERMS:
+        raise QueryTooExpensive(f"query has {len(words)} terms, at most {MAX_TERMS}")
+    wild = sum("*" in w for w in words)
+    if wild > MAX_WILDCARDS:
+        raise QueryTooExpensive(f"query has {wild} wildcard terms, at most {MAX_WILDCARDS}")
     terms: list[Term] = []
-    for raw in text.split():
+    for raw in words:
         negated = raw.startswith("-") and len(raw) > 1 and raw not in ("-_-",)
         word = raw[1:] if negated else raw
         low = word.lower()
@@ -61,11 +79,17 @@ def parse_query(text: str) -> list[Term]:
 def _tag_match(tag: str) -> tuple[str, list]:
     if "*" in tag:
         like = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
-        return "t.tag LIKE ? ESCAPE '\\'", [like]
+        return "+t.tag LIKE ? ESCAPE '\\'", [like]
     return "t.tag = ?", [tag]
 
 
 def build_where(terms: list[Term]) -> tuple[str, list]:
+    """One condition per term, each a lookup of the file's own tags by the (file_id, tag) key.
+
+    The unary `+` keeps SQLite from driving a term by the `selected` or `confidence` columns'
+    indexes instead: that plan scans every selected tag of the gallery once per file (the
+    cost of `*a*` was quadratic in the gallery's size).
+    """
     clauses: list[str] = ["f.error IS NULL"]
     params: list = []
     for term in terms:
@@ -77,11 +101,11 @@ def build_where(terms: list[Term]) -> tuple[str, list]:
         match, mparams = _tag_match(term.value)
         op, thr = term.op, term.threshold
         if op is None:
-            cond, cparams, exists = "t.selected = 1", [], True
+            cond, cparams, exists = "+t.selected = 1", [], True
         elif op in (">", ">="):
-            cond, cparams, exists = f"t.confidence {op} ?", [thr], True
+            cond, cparams, exists = f"+t.confidence {op} ?", [thr], True
         else:  # `< x` holds when no stored score reaches x: the negation of `>= x`
-            cond, cparams, exists = f"t.confidence {'>=' if op == '<' else '>'} ?", [thr], False
+            cond, cparams, exists = f"+t.confidence {'>=' if op == '<' else '>'} ?", [thr], False
         if term.negated:
             exists = not exists
         clauses.append(f"{'' if exists else 'NOT '}EXISTS (SELECT 1 FROM tags t WHERE t.file_id = f.id AND {match} AND {cond})")

@@ -31,6 +31,7 @@ import re
 from typing import Iterable
 from urllib.parse import urlsplit
 
+from ..errors import UsageError
 from .limits import send_error
 
 #: Names a request may always use for a service on this machine.
@@ -104,6 +105,22 @@ def normalize_origin(origin: str) -> str | None:
     return f"{parts.scheme}://{host}:{port}"
 
 
+def _rule_host(name: str) -> str:
+    """A rule's host name without a port: requests are matched on their Host name alone, so
+    `tagger.lan:8000` must mean `tagger.lan` (it would otherwise never match anything)."""
+    parsed = parse_host_header(name)
+    return parsed[0] if parsed is not None else normalize_host(name)
+
+
+def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
+    """`--allowed-origin` values, refused in one line (UsageError) unless each is `*` or scheme://host[:port]."""
+    origins = tuple(origins)
+    for origin in origins:
+        if origin.strip() != "*" and normalize_origin(origin) is None:
+            raise UsageError(f"--allowed-origin takes scheme://host[:port] (e.g. https://app.example.com), not {origin!r}")
+    return origins
+
+
 class HostRule:
     """The set of trusted Host names: exact names, `*.domain` suffixes, or `*` for all."""
 
@@ -118,9 +135,9 @@ class HostRule:
             if name == "*":
                 self.any = True
             elif name.startswith("*."):
-                self.suffixes.append("." + normalize_host(name[2:]))
+                self.suffixes.append("." + _rule_host(name[2:]))
             else:
-                self.exact.add(normalize_host(name))
+                self.exact.add(_rule_host(name))
 
     def allows(self, host: str) -> bool:
         return self.any or host in self.exact or any(host.endswith(s) for s in self.suffixes)
@@ -148,20 +165,18 @@ class SecurityMiddleware:
         self.hosts = HostRule([*LOOPBACK_HOSTS, *allowed_hosts])
         self.any_origin = False
         self.origins: set[str] = set()
-        for raw in allowed_origins:
+        for raw in check_origins(allowed_origins):
             if raw.strip() == "*":
                 self.any_origin = True
-                continue
-            norm = normalize_origin(raw)
-            if norm is None:
-                raise ValueError(f"not an origin (scheme://host[:port]): {raw!r}")
-            self.origins.add(norm)
+            else:
+                self.origins.add(normalize_origin(raw))  # type: ignore[arg-type] - checked above
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":  # `serve` runs without websockets; an app that adds them gets the Host rule
-            host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+            # The first Host header, as for HTTP below (dict() would keep the last).
+            host = next((v for n, v in scope.get("headers", ()) if n == b"host"), b"").decode("latin-1")
             parsed = parse_host_header(host)
             if parsed is None or not self.hosts.allows(parsed[0]):
                 return await send({"type": "websocket.close", "code": 1008})

@@ -1,19 +1,28 @@
-"""The gallery API over the database `animetagnet index` writes (read-only; paths never leave the server)."""
+"""The gallery API over the database `animetagnet index` writes (read-only; paths never leave the server).
+
+Every file is read through Gallery.open, which re-checks confinement at that moment (see
+serve/gallery.py): only regular files inside an indexed folder, never a row with an error.
+"""
 
 from __future__ import annotations
 
 import io
-import os
 
-from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
 
 from ...errors import ImageError, UsageError
 from ...images import load_image, to_rgb_on_white
+from ..files import FileStream
+from ..gallery import MAX_ROW_NUMBER, Unavailable
+from ..query import QueryTooExpensive
 from ..service import ApiError, TagService
 from . import Service
 
 router = APIRouter(tags=["gallery"])
+
+#: A file id as the API takes it: a positive 64-bit integer (anything else is a 422, not a 500).
+FileId = Path(..., ge=1, le=MAX_ROW_NUMBER, description="an id from a search result")
 
 
 def _gallery(service: TagService):
@@ -23,13 +32,22 @@ def _gallery(service: TagService):
     return service.gallery
 
 
+def _open(service: TagService, file_id: int):
+    try:
+        return _gallery(service).open(file_id)
+    except Unavailable as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
 @router.get("/v1/gallery/search", summary="Search indexed images with a booru-style query")
 def gallery_search(service: Service,
-                   q: str = Query("", max_length=2000, description="e.g. `1girl blue_eyes -smile rating:general`"),
-                   limit: int = Query(60, ge=1, le=500), offset: int = Query(0, ge=0),
+                   q: str = Query("", description="e.g. `1girl blue_eyes -smile rating:general`"),
+                   limit: int = Query(60, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ROW_NUMBER),
                    counts: int = Query(40, ge=0, le=500, description="how many tag counts to return")) -> dict:
     try:
         res = _gallery(service).search(q, limit=limit, offset=offset, counts=counts)
+    except QueryTooExpensive as exc:
+        raise ApiError(400, "query_too_expensive", str(exc)) from None
     except UsageError as exc:
         raise ApiError(400, "invalid_query", str(exc)) from None
     out = res.to_dict()
@@ -39,34 +57,31 @@ def gallery_search(service: Service,
 
 
 @router.get("/v1/gallery/files/{file_id}", summary="One indexed image with all stored tags")
-def gallery_file(service: Service, file_id: int) -> dict:
-    info = _gallery(service).get(file_id)
-    if info is None:
-        raise ApiError(404, "not_found", f"no indexed file with id {file_id}")
+def gallery_file(service: Service, file_id: int = FileId) -> dict:
+    try:
+        info = _gallery(service).get(file_id)
+    except Unavailable as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
     info.pop("path", None)
     return info
 
 
 @router.get("/v1/gallery/files/{file_id}/thumb", summary="A JPEG thumbnail", response_class=Response)
-def gallery_thumb(service: Service, file_id: int, size: int = Query(256, ge=32, le=512)):
-    path = _gallery(service).path_of(file_id)  # from the database: never a client-named path
-    if path is None:
-        raise ApiError(404, "not_found", f"no indexed file with id {file_id}")
+def gallery_thumb(service: Service, file_id: int = FileId, size: int = Query(256, ge=32, le=512)):
+    fh, _ = _open(service, file_id)
     try:
-        img = to_rgb_on_white(load_image(path, max_pixels=service.tagger.max_pixels, draft_size=size))
+        img = to_rgb_on_white(load_image(fh, max_pixels=service.tagger.max_pixels, draft_size=size))
     except ImageError as exc:
         raise ApiError(404, "file_unavailable", f"indexed file {file_id} cannot be read now: {exc.reason}") from None
+    finally:
+        fh.close()
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
 
 
-@router.get("/v1/gallery/files/{file_id}/image", summary="The original indexed file", response_class=FileResponse)
-def gallery_image(service: Service, file_id: int):
-    path = _gallery(service).path_of(file_id)
-    if path is None:
-        raise ApiError(404, "not_found", f"no indexed file with id {file_id}")
-    if not os.path.isfile(path):
-        raise ApiError(404, "file_unavailable", f"indexed file {file_id} is no longer on disk")
-    return FileResponse(path)
+@router.get("/v1/gallery/files/{file_id}/image", summary="The original indexed file", response_class=Response)
+def gallery_image(service: Service, file_id: int = FileId):
+    fh, name = _open(service, file_id)
+    return FileStream(fh, name)  # streamed from the descriptor that was checked
