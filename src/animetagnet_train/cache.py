@@ -230,7 +230,7 @@ def check_augment(aug: AugmentConfig) -> None:
 
 def draw_params(aug: AugmentConfig | None, size: int, seed: int, epoch: int, index: int) -> np.ndarray:
     """[flip, y0, x0, h, w] of one sample, drawn in `data.augment`'s order from its generator."""
-    from .data import border_crop_box, sample_rng
+    from .data import border_crop_box, random_area_box, sample_rng
 
     if aug is None:
         return np.array([0, 0, 0, size, size], dtype=np.int32)
@@ -241,12 +241,8 @@ def draw_params(aug: AugmentConfig | None, size: int, seed: int, epoch: int, ind
         x0, y0, x1, y1 = border_crop_box(size, size, aug.crop_border, rng)
         cw, ch = x1 - x0, y1 - y0
     elif hi < 1.0 or lo < 1.0:
-        area = rng.uniform(lo, hi)
-        log_r = rng.uniform(math.log(0.9), math.log(1.0 / 0.9))
-        cw = min(size, max(1, round(size * math.sqrt(area * math.exp(log_r)))))
-        ch = min(size, max(1, round(size * math.sqrt(area / math.exp(log_r)))))
-        x0 = int(rng.integers(0, size - cw + 1))
-        y0 = int(rng.integers(0, size - ch + 1))
+        x0, y0, x1, y1 = random_area_box(size, size, aug.crop_scale, rng)
+        cw, ch = x1 - x0, y1 - y0
     flip = int(rng.random() < aug.hflip)
     return np.array([flip, y0, x0, ch, cw], dtype=np.int32)
 

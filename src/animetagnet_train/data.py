@@ -126,6 +126,22 @@ def border_crop_box(w: int, h: int, border: float, rng: np.random.Generator) -> 
     return left, top, w - (tx - left), h - (ty - top)
 
 
+def random_area_box(w: int, h: int, crop_scale: tuple[float, float], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random-area crop (`crop_scale` of the area, aspect within 0.9-1.1), as (left, top, right, bottom).
+
+    One definition for the PIL augmentation and the cached-square loader, so both draw the same
+    box from the same generator state.
+    """
+    lo, hi = crop_scale
+    area = rng.uniform(lo, hi)
+    log_r = rng.uniform(math.log(0.9), math.log(1.0 / 0.9))
+    cw = min(w, max(1, round(w * math.sqrt(area * math.exp(log_r)))))
+    ch = min(h, max(1, round(h * math.sqrt(area / math.exp(log_r)))))
+    x0 = int(rng.integers(0, w - cw + 1))
+    y0 = int(rng.integers(0, h - ch + 1))
+    return x0, y0, x0 + cw, y0 + ch
+
+
 def augment(img: Image.Image, size: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Label-safe augmentation on PIL (flip, small crop, small rotation, resize filter), then THE preprocessing.
 
@@ -141,13 +157,7 @@ def augment(img: Image.Image, size: int, aug: AugmentConfig, rng: np.random.Gene
     if aug.crop_border > 0:
         img = img.crop(border_crop_box(w, h, aug.crop_border, rng))
     elif hi < 1.0 or lo < 1.0:
-        area = rng.uniform(lo, hi)
-        log_r = rng.uniform(math.log(0.9), math.log(1.0 / 0.9))
-        cw = min(w, max(1, round(w * math.sqrt(area * math.exp(log_r)))))
-        ch = min(h, max(1, round(h * math.sqrt(area / math.exp(log_r)))))
-        x0 = int(rng.integers(0, w - cw + 1))
-        y0 = int(rng.integers(0, h - ch + 1))
-        img = img.crop((x0, y0, x0 + cw, y0 + ch))
+        img = img.crop(random_area_box(w, h, aug.crop_scale, rng))
     if aug.rotate_degrees > 0:
         angle = rng.uniform(-aug.rotate_degrees, aug.rotate_degrees)
         img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=(255, 255, 255))
