@@ -9,11 +9,14 @@ or a traceback in the log).
 
 from __future__ import annotations
 
+import io
 import logging
 import mimetypes
 import os
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
+
+from ..images import load_image, to_rgb_on_white
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +54,15 @@ class FileStream(StreamingResponse):
             # No closing body message: the server sees an unfinished response and closes the
             # connection, where ending it here would make h11 raise (too little data).
             log.warning("%s", exc)
+
+
+def thumbnail_jpeg(fh, *, size: int, max_pixels: int | None, cache_control: str) -> Response:
+    """A JPEG thumbnail (longest side `size`) of a checked, open file; closes it. ImageError when unreadable."""
+    try:
+        img = to_rgb_on_white(load_image(fh, max_pixels=max_pixels, draft_size=size))
+    finally:
+        fh.close()
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": cache_control})

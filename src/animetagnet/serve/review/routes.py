@@ -8,7 +8,6 @@ caption file that could not be written (disk full, read-only: the edit is kept i
 
 from __future__ import annotations
 
-import io
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -16,8 +15,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from ...errors import ImageError
-from ...images import load_image, to_rgb_on_white
-from ..files import FileStream
+from ..files import FileStream, thumbnail_jpeg
 from ..gallery import MAX_ROW_NUMBER
 from ..service import ApiError
 from .session import DEFAULT_LOW, Filter, ReviewError, ReviewSession
@@ -135,15 +133,9 @@ def thumb(session: Session, item_id: int, size: int = Query(256, ge=32, le=768))
     fh, _ = call(session.open_image, item_id)
     max_pixels = session.tagger.max_pixels if session.tagger is not None else None
     try:
-        img = to_rgb_on_white(load_image(fh, max_pixels=max_pixels, draft_size=size))
+        return thumbnail_jpeg(fh, size=size, max_pixels=max_pixels, cache_control="no-cache")
     except ImageError as exc:
         raise ApiError(404, "file_unavailable", f"image {item_id} cannot be read: {exc.reason}") from None
-    finally:
-        fh.close()
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/v1/review/items/{item_id}/image", summary="The original image file", response_class=Response)

@@ -6,14 +6,12 @@ serve/gallery.py): only regular files inside an indexed folder, never a row with
 
 from __future__ import annotations
 
-import io
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from ...errors import ImageError, UsageError
-from ...images import load_image, to_rgb_on_white
-from ..files import FileStream
+from ..files import FileStream, thumbnail_jpeg
 from ..gallery import MAX_ROW_NUMBER, Unavailable
 from ..query import QueryTooExpensive
 from ..service import ApiError, TagService
@@ -70,15 +68,9 @@ def gallery_file(service: Service, file_id: int = FileId) -> dict:
 def gallery_thumb(service: Service, file_id: int = FileId, size: int = Query(256, ge=32, le=512)):
     fh, _ = _open(service, file_id)
     try:
-        img = to_rgb_on_white(load_image(fh, max_pixels=service.tagger.max_pixels, draft_size=size))
+        return thumbnail_jpeg(fh, size=size, max_pixels=service.tagger.max_pixels, cache_control="max-age=300")
     except ImageError as exc:
         raise ApiError(404, "file_unavailable", f"indexed file {file_id} cannot be read now: {exc.reason}") from None
-    finally:
-        fh.close()
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/v1/gallery/files/{file_id}/image", summary="The original indexed file", response_class=Response)
