@@ -117,6 +117,28 @@ def test_parity_is_reported_and_export_never_clobbers(exported):
         export.export(base / "run", base / "model", log=lambda m: None)
 
 
+def test_flip_average_is_the_mean_over_the_image_and_its_mirror(exported, tmp_path):
+    """`--flip-average`: same file contract, outputs = mean of the plain export's outputs on x and mirrored x."""
+    base, _ = exported
+    meta = export.export(base / "run", tmp_path / "flip", flip_average=True, log=lambda m: None)
+    assert meta["preprocessing"]["test_time"] == wdgraph.FLIP_AVERAGE
+    assert "mirror" in (tmp_path / "flip" / "README.md").read_text()
+    assert (tmp_path / "flip" / "selected_tags.csv").read_bytes() == (base / "model" / "selected_tags.csv").read_bytes()
+    plain = ort.InferenceSession(str(base / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    flip = ort.InferenceSession(str(tmp_path / "flip" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in flip.get_outputs()] == ["output", "embedding"]
+    assert [i.shape[1:] for i in flip.get_inputs()] == [[32, 32, 3]]
+    images = sorted((base / "ds" / "images").glob("val_*"))[:5]
+    batch = np.stack([load_and_preprocess(p, 32) for p in images])
+    p0, e0 = plain.run(None, {"input": batch})
+    p1, e1 = plain.run(None, {"input": batch[:, :, ::-1].copy()})
+    got, emb = flip.run(None, {"input": batch})
+    assert np.abs(p0 - p1).max() > 1e-4  # the mirror really is a different input for this network
+    assert np.abs(got - (p0 + p1) / 2).max() < 1e-5 and np.abs(emb - (e0 + e1) / 2).max() < 1e-4
+    assert np.allclose(flip.run(None, {"input": batch[:1]})[0][0], got[0], atol=1e-6)  # batch rows stay apart
+    assert (got[:, :4] == 0).all()  # untrained ratings still a constant
+
+
 @pytest.fixture(scope="module")
 def exported_wd(tmp_path_factory):
     """A WD-layout dataset with rating labels, exported at a larger input (resized in the graph) and for ComfyUI."""

@@ -132,12 +132,13 @@ def trained(tmp_path_factory):
     train(ds, base / "run", config.load(ROOT / "configs" / "smoke.yaml", ["train.epochs=1"]))
     export.export(base / "run", base / "model", log=lambda m: None)
     export.export(base / "run", base / "model-64", input_size=64, log=lambda m: None)
+    export.export(base / "run", base / "model-flip", flip_average=True, log=lambda m: None)
     return base
 
 
 def test_training_run_and_exports_match_onnxruntime(trained, real_images):
     paths = real_images + sorted((trained / "ds" / "images").glob("*"))[:10]  # real JPEGs + the run's own PNG/JPEG
-    for export_dir in ("model", "model-64"):
+    for export_dir in ("model", "model-64", "model-flip"):
         onnx_t = Tagger(trained / export_dir, backend="onnx", device="cpu")
         torch_t = Tagger(trained / export_dir, backend="torch", device="cpu")
         assert torch_t.vocab.names == onnx_t.vocab.names and torch_t.input_size == onnx_t.input_size

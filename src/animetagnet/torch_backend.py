@@ -247,7 +247,8 @@ def _load_export(out_dir: Path):
                          f"{len(run_vocab)} outputs{' + 4 added rating rows' if plan.added_ratings else ''}")
     network_size = cfg.model.image_size
     size = int(pre.get("size") or network_size)
-    return bundle, _Graph(wdgraph.ExportGraph(net, plan, network_size, size)), size
+    flip = pre.get("test_time") == wdgraph.FLIP_AVERAGE
+    return bundle, _Graph(wdgraph.ExportGraph(net, plan, network_size, size, flip_average=flip)), size
 
 
 

@@ -197,6 +197,8 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
         "white-padded centred square, bicubic resize"
         + (f"; the graph resizes it to the {pre['network_size']} px the network was trained at "
            "(Pillow's bicubic weights)" if "network_size" in pre else "") + ".",
+        *(["- test-time flip inside the graph: both outputs are the mean over the image and its mirror "
+           "(twice the compute of a plain export; every tool that reads the file gets it)."] if "test_time" in pre else []),
         f"- outputs: `{OUTPUT_NAME}` [batch, {len(vocab)}] sigmoid probabilities, row i of `selected_tags.csv` = "
         f"output i; `{EMBEDDING_NAME}` [batch, {meta['embedding']['dim']}], the pooled features before the head.",
         "",
@@ -273,9 +275,10 @@ def comfyui_copy(out_dir: Path, comfy_dir: Path, name: str, force: bool) -> list
 
 def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool = False,
            parity_images: int = 16, max_eval_images: int = 0, force: bool = False, log=None,
-           input_size: int | None = None, comfyui_dir=None) -> dict:
+           input_size: int | None = None, comfyui_dir=None, flip_average: bool = False) -> dict:
     """Export a run. `input_size` (e.g. 448 for kohya): the ONNX input size, resized in the graph to
-    the trained size; `comfyui_dir`: also write NAME.onnx + NAME.csv there (NAME: the model directory's name)."""
+    the trained size; `comfyui_dir`: also write NAME.onnx + NAME.csv there (NAME: the model directory's name);
+    `flip_average`: the graph outputs the mean over the image and its mirror (twice the compute)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (out_dir / "model.onnx").exists() and not force:
@@ -309,8 +312,9 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    graph = wdgraph.ExportGraph(net, plan, network_size, size).eval()
+    graph = wdgraph.ExportGraph(net, plan, network_size, size, flip_average=flip_average).eval()
     resize_note = f", input {size}px resized in the graph" if size != network_size else ""
+    resize_note += ", mean over the image and its mirror" if flip_average else ""
     log(f"exporting {cfg.model.backbone}@{network_size}{resize_note} ({len(vocab)} tags) to {onnx_path}")
     atomic_write_bytes(onnx_path, to_onnx_bytes(graph, size))
     import onnx
@@ -325,7 +329,11 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
     with torch.no_grad():
         ref, ref_emb = (t.numpy() for t in graph(torch.from_numpy(par_batch)))
         # The graph's own head path must be the network's forward, rows mapped by the label plan.
-        direct = torch.sigmoid(net(graph.resize_input(torch.from_numpy(par_batch)) if graph.resize else torch.from_numpy(par_batch))).numpy()
+        x = graph.resize_input(torch.from_numpy(par_batch)) if graph.resize else torch.from_numpy(par_batch)
+        direct = torch.sigmoid(net(x))
+        if flip_average:
+            direct = (direct + torch.sigmoid(net(x.flip(2)))) / 2
+        direct = direct.numpy()
     keep = graph.keep.numpy() > 0
     if np.abs(ref[:, offset:][:, keep] - direct[:, keep]).max() > PARITY_TOLERANCE:
         raise TrainingError("export: the graph's head path differs from the network's forward (unsupported timm head?)")
@@ -367,7 +375,9 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
                           "pad": "white-centred-square", "resample": "bicubic",
                           **({"network_size": network_size,
                               "in_graph_resize": "Pillow BICUBIC weights (antialiased), two matrix products"}
-                             if size != network_size else {})},
+                             if size != network_size else {}),
+                          # the outputs are the mean over the image and its mirror, computed in the graph
+                          **({"test_time": wdgraph.FLIP_AVERAGE} if flip_average else {})},
         "labels": plan.metadata(),
         "embedding": {"output": EMBEDDING_NAME, "dim": int(got_emb.shape[1]),
                       "what": "pooled backbone features before the classifier head"},

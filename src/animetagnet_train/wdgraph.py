@@ -3,7 +3,9 @@ rows a dataset never labelled, the 448 px input that positional tools hard-code,
 
 The ONNX file takes [N, S, S, 3] float32 BGR 0..255 and returns two outputs, as the
 embedding-carrying WD exports do: `output` [N, tags] probabilities in label-file order and
-`embedding` [N, D], the pooled features the classifier head reads.
+`embedding` [N, D], the pooled features the classifier head reads. A flip-averaged export
+(`export --flip-average`) computes both as the mean over the image and its mirror, inside the
+graph, so every tool that reads the file gets the test-time flip without knowing of it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 OUTPUT_NAME, EMBEDDING_NAME = "output", "embedding"
 #: What the four rating outputs are when the dataset had no rating labels (recorded in animetagnet.json).
 UNTRAINED_RATING_VALUE = 0.0
+#: animetagnet.json `preprocessing.test_time` of a flip-averaged export.
+FLIP_AVERAGE = "flip-average"
 
 
 @dataclass
@@ -84,12 +88,15 @@ def pil_resize_matrix(src: int, dst: int) -> np.ndarray:
 
 
 class ExportGraph(torch.nn.Module):
-    """The trained Tagger wrapped for ONNX: optional input resize, sigmoid, label plan, embedding."""
+    """The trained Tagger wrapped for ONNX: optional input resize, sigmoid, label plan, embedding,
+    optional mean over the image and its mirror (`flip_average`)."""
 
-    def __init__(self, net: torch.nn.Module, plan: LabelPlan, network_size: int, input_size: int):
+    def __init__(self, net: torch.nn.Module, plan: LabelPlan, network_size: int, input_size: int,
+                 flip_average: bool = False):
         super().__init__()
         self.net = net
         self.plan = plan
+        self.flip_average = flip_average
         self.resize = input_size != network_size
         if self.resize:
             self.register_buffer("rmat", torch.from_numpy(pil_resize_matrix(input_size, network_size)), persistent=False)
@@ -109,11 +116,18 @@ class ExportGraph(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         if self.resize:
             x = self.resize_input(x)
+        if self.flip_average:
+            x = torch.cat([x, x.flip(2)])  # NHWC: axis 2 is the width; one batch of 2N, not two runs
         backbone = self.net.backbone
         feats = backbone.forward_features(self.net.normalise(x))
-        embedding = backbone.forward_head(feats, pre_logits=True)
-        probs = torch.sigmoid(backbone.forward_head(feats)) * self.keep
+        embedding = backbone.forward_head(feats, pre_logits=True).flatten(1)
+        probs = torch.sigmoid(backbone.forward_head(feats))
+        if self.flip_average:
+            # Probabilities (not logits) are averaged: what a user would get tagging both and averaging.
+            probs = probs.reshape(2, -1, probs.shape[1]).mean(0)
+            embedding = embedding.reshape(2, -1, embedding.shape[1]).mean(0)
+        probs = probs * self.keep
         if self.pad_ratings:
             probs = torch.cat([torch.zeros_like(probs[:, :1]).expand(-1, len(RATING_NAMES)) + UNTRAINED_RATING_VALUE,
                                probs], dim=1)
-        return probs, embedding.flatten(1)
+        return probs, embedding
