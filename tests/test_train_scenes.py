@@ -91,7 +91,7 @@ def test_crop_border_excludes_random_area_crops_and_faces_recipe_keeps_its_own()
     with pytest.raises(UsageError, match="crop_border"):
         config_mod.load(None, ["data.augment.crop_border=0.3"])
     faces = config_mod.load(ROOT / "configs" / "faces-cpu.yaml").data.augment
-    assert faces.crop_border == 0.0 and faces.crop_scale == [0.7, 1.0] and faces.rotate_degrees > 0
+    assert faces.crop_border == 0.0 and faces.crop_scale[0] < 1.0 and faces.rotate_degrees > 0
     scenes = config_mod.load(SCENES_CFG)
     assert scenes.data.augment.crop_scale == [1.0, 1.0] and scenes.data.augment.rotate_degrees == 0
     assert scenes.model.timm_args.get("global_pool") in ("max", "avgmax", "catavgmax")
