@@ -129,3 +129,17 @@ def test_training_code_never_unpickles():
     for f in src.glob("*.py"):
         text = f.read_text()
         assert "torch.load(" not in text and "import pickle" not in text, f.name
+
+
+def test_mixup_blends_pixels_and_targets_alike_and_is_seeded_by_step():
+    images = torch.stack([torch.full((4, 4, 3), 200, dtype=torch.uint8), torch.zeros((4, 4, 3), dtype=torch.uint8)])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x, t = data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, 5))
+    x2, t2 = data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, 5))
+    assert torch.equal(x, x2) and torch.equal(t, t2)  # a resumed run mixes the same pairs
+    assert x.dtype == torch.float32 and torch.allclose(t.sum(1), torch.ones(2))
+    # Each image's soft target is the share of each source in its pixels.
+    for i in range(2):
+        assert torch.allclose(x[i].mean() / 200.0, t[i, 0], atol=1e-6)
+    draws = {round(float(data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, s))[1][0, 0]), 6) for s in range(20)}
+    assert len(draws) > 10  # a new blend every step

@@ -19,6 +19,7 @@ from animetagnet_train.data import augment, border_crop_box  # noqa: E402
 from train_helpers import ROOT  # noqa: E402
 
 SCENES_CFG = ROOT / "configs" / "scenes-cpu.yaml"
+PRETRAIN_CFG = ROOT / "configs" / "scenes-pretrain-cpu.yaml"
 FACE = 56  # the smallest face make_scenes pastes into a 256 px scene
 
 
@@ -124,23 +125,46 @@ def _write_scenes(data_dir: Path, root: Path) -> None:
             (d / f"{i:03d}.txt").write_text(", ".join(present), encoding="utf-8")
 
 
+def _write_faces(data_dir: Path, root: Path) -> None:
+    """Stage 1's input: the faces of the training (and validation) scenes' pools, as split folders."""
+    for split, k in (("train", 0), ("val", 1)):
+        for c in CHARACTERS:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for p in sorted((data_dir / "faces" / c).glob("*.jpg")):
+                if int(p.name[:2], 16) % 3 == k:
+                    d.joinpath(p.name).write_bytes(p.read_bytes())
+
+
 def test_scenes_recipe_learns_a_few_dozen_scenes(shared_data, tmp_path):
+    """Both stages as shipped, made small: faces (scenes-pretrain-cpu.yaml), then scenes from those weights."""
     from animetagnet.datasets.curation import CurationRules
     from animetagnet.datasets.prepare import PrepareOptions, prepare_dataset
     from animetagnet_train.train import train
 
+    tables = [str(shared_data / "tags" / "danbooru_tags.csv")]
+    _write_faces(shared_data, tmp_path / "faces")
+    faces_ds = tmp_path / "ds-faces"
+    prepare_dataset(PrepareOptions(source=str(tmp_path / "faces"), out=str(faces_ds), plot=False,
+                                   rules=CurationRules(min_count={"*": 1}), tag_tables=tables))
+    pre = config_mod.load(PRETRAIN_CFG, ["model.image_size=48", "data.batch_size=16", "data.workers=0",
+                                         "train.epochs=4", "train.progress=false"])
+    assert pre.model.timm_args == config_mod.load(SCENES_CFG).model.timm_args  # the head carries over
+    stage1 = train(faces_ds, tmp_path / "pretrain", pre)
+    assert stage1.best["val_map"] > 0.8, stage1.best
+
     _write_scenes(shared_data, tmp_path / "scenes")
     ds = tmp_path / "ds"
     info = prepare_dataset(PrepareOptions(source=str(tmp_path / "scenes"), out=str(ds), plot=False,
-                                          rules=CurationRules(min_count={"*": 1}),
-                                          tag_tables=[str(shared_data / "tags" / "danbooru_tags.csv")]))
+                                          rules=CurationRules(min_count={"*": 1}), tag_tables=tables))
     assert info["split"]["mode"] == "predefined"
-    # The recipe as shipped, made small: fewer pixels, smaller batches, a few epochs.
     cfg = config_mod.load(SCENES_CFG, ["model.image_size=96", "data.batch_size=16", "data.workers=0",
-                                       "train.epochs=6", "train.progress=false"])
+                                       "train.epochs=8", "train.progress=false",
+                                       f"model.init_from={json.dumps(str(tmp_path / 'pretrain'))}"])
     res = train(ds, tmp_path / "run", cfg)
     hist = res.history
     assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"]
+    assert config_mod.load(tmp_path / "run" / "config.yaml").model.init_from == str(tmp_path / "pretrain")
     val = [json.loads(l) for l in (ds / "val.jsonl").read_text().splitlines()]
     prevalence = np.mean([[c in r["tags"] for c in CHARACTERS] for r in val])
     # mAP of a scorer that knows nothing is about the prevalence; the recipe must be well above it.

@@ -73,6 +73,10 @@ class AugmentConfig(_Section):
     rotate_degrees: Float = 0.0
     # Resize filters drawn at random per image (the val/test/inference path is always bicubic).
     resample: list[Resample] = Field(default_factory=lambda: ["bicubic"])
+    # Mixup (Zhang et al. 2018): each training batch is blended with a shuffled copy of itself,
+    # weight lam ~ Beta(mixup, mixup), and so are the targets (soft labels: what the pixels
+    # now show). Label-safe for any image. 0 disables; 0.1-0.4 are the usual strengths.
+    mixup: Float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _crop_range(self) -> "AugmentConfig":

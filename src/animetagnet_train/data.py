@@ -109,6 +109,25 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def mixup_batch(images, targets, alpha: float, rng: np.random.Generator):
+    """Blend a batch with a permutation of itself: (lam * x + (1 - lam) * x[perm], same for targets).
+
+    `lam ~ Beta(alpha, alpha)` and the permutation come from `rng` (seeded by the step, so a
+    resumed run mixes the same pairs). Images come back as float32 (0..255, any layout); the
+    targets are soft labels, which BCE and ASL take as they are."""
+    import torch
+
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
+    x = images.float()
+    return x * lam + x[perm] * (1.0 - lam), targets * lam + targets[perm] * (1.0 - lam)
+
+
+def mixup_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    """Mixup's randomness for one optimizer step of one process: a function of (seed, step, rank)."""
+    return np.random.default_rng([seed, step, rank, 0x6D6978])
+
+
 def border_crop_box(w: int, h: int, border: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """A crop that removes at most `border` of the width (height) at each side; aspect kept.
 

@@ -409,6 +409,9 @@ class Trainer:
             from .cache import augment_on_device
 
             images = augment_on_device(images, aug)
+        if cfg.data.augment.mixup > 0:
+            images, targets = data.mixup_batch(images, targets, cfg.data.augment.mixup,
+                                               data.mixup_rng(cfg.train.seed, gstep, self.dist.rank))
         with self.amp_ctx():
             logits = self.train_net(images)
         loss = self.criterion(logits, targets)
