@@ -5,8 +5,9 @@
 category, one per tag...) then carries best to unseen images is a choice that must not look at
 test. This answers it on val only: the val images are split in two halves by their split group
 (all crops of one post stay together), each preset is calibrated on one half with the one
-threshold picker (`calibration.calibrate`) and scored on the other, both ways, over several
-random halvings. Prints JSON: mean held-out macro-F1 / micro-F1 per preset, and fixed 0.5.
+threshold picker (`calibration.calibrate`, called as `evaluate --calibrate` calls it) and
+scored on the other with the thresholds `animetagnet tag` would use (`EvalData.thresholds`),
+both ways, over several random halvings. Prints JSON: mean held-out macro-F1 / micro-F1 per preset, and fixed 0.5.
 
     python benchmarks/threshold_choice_cv.py --model MODEL_DIR --data DATASET_DIR [--rounds 10]
 """
@@ -27,12 +28,7 @@ from animetagnet.evaluation.calibration import PRESET_NAMES, calibrate  # noqa: 
 from animetagnet.evaluation.dataset import load_split  # noqa: E402
 from animetagnet.evaluation.metrics import set_metrics  # noqa: E402
 from animetagnet.evaluation.runner import run_model  # noqa: E402
-from animetagnet.vocab import Category  # noqa: E402
-
-
-def thresholds_of(preset: dict, names: list[str], categories: np.ndarray) -> np.ndarray:
-    return np.array([preset["tags"].get(n, preset["categories"].get(Category(int(c)).label, 0.5))
-                     for n, c in zip(names, categories)], dtype=np.float32)
+from animetagnet.options import ThresholdOptions  # noqa: E402
 
 
 def main() -> int:
@@ -44,22 +40,19 @@ def main() -> int:
     args = ap.parse_args()
     split = load_split(args.data, args.split)
     ev = run_model(args.model, split, progress=False, log=lambda m: None)
-    # The split group (post md5 for face crops) from the jsonl: all crops of one post in one half.
-    rows = (json.loads(line) for line in (Path(args.data) / f"{args.split}.jsonl").read_text(encoding="utf-8").splitlines())
-    groups = {row["id"]: row.get("group") or row["id"] for row in rows}
+    # The split group (post md5 for face crops): all crops of one post go to the same half.
+    groups = {r.id: r.group or r.id for r in split.records}
     keys = sorted({groups[i] for i in ev.ids})
-    cols = np.flatnonzero(ev.covered)
-    y, s = ev.y_true[:, cols], ev.scores[:, cols]
-    names, cats = [ev.tag_names[j] for j in cols], ev.model_categories[cols]
+    y, s = ev.y_true, ev.scores
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in (*PRESET_NAMES, "fixed_0.5")}
     for r in range(args.rounds):
         rng = np.random.default_rng(r)
         half = {k: bool(b) for k, b in zip(keys, rng.integers(0, 2, len(keys)))}
         in_a = np.array([half[groups[i]] for i in ev.ids])
         for fit, held in ((in_a, ~in_a), (~in_a, in_a)):
-            presets = calibrate(y[fit], s[fit], names, cats, np.ones(len(cols), bool))
+            presets = calibrate(y[fit], s[fit], ev.tag_names, ev.model_categories, ev.covered)
             for name in PRESET_NAMES:
-                m = set_metrics(y[held], s[held] >= thresholds_of(presets[name], names, cats))
+                m = set_metrics(y[held], s[held] >= ev.thresholds(ThresholdOptions(), presets[name]))
                 scores[name].append((m.macro_f1, m.micro_f1))
             m = set_metrics(y[held], s[held] >= 0.5)
             scores["fixed_0.5"].append((m.macro_f1, m.micro_f1))

@@ -115,8 +115,6 @@ def mixup_batch(images, targets, alpha: float, rng: np.random.Generator):
     `lam ~ Beta(alpha, alpha)` and the permutation come from `rng` (seeded by the step, so a
     resumed run mixes the same pairs). Images come back as float32 (0..255, any layout); the
     targets are soft labels, which BCE and ASL take as they are."""
-    import torch
-
     lam = float(rng.beta(alpha, alpha))
     perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
     x = images.float()

@@ -15,6 +15,7 @@ class Record:
     id: str
     image: str  # absolute path
     tags: list[str]
+    group: str = ""  # the split key (post md5 for face crops): records that must stay together
 
 
 @dataclass
@@ -52,7 +53,7 @@ def load_split(dataset_dir: str | Path, split: str, *, limit: int | None = None)
                 known.append(t)
             else:
                 unknown[t] += 1
-        records.append(Record(id=example.id, image=example.image, tags=known))
+        records.append(Record(id=example.id, image=example.image, tags=known, group=example.group))
         if limit is not None and len(records) >= limit:
             break
     if not records:
