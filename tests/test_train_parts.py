@@ -7,9 +7,10 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
+from animetagnet.errors import UsageError  # noqa: E402
 from animetagnet.evaluation.metrics import best_cut  # noqa: E402
 from animetagnet.images import preprocess  # noqa: E402
-from animetagnet_train import data, losses, metrics  # noqa: E402
+from animetagnet_train import config, data, losses, metrics  # noqa: E402
 from animetagnet_train.config import AugmentConfig, LossConfig  # noqa: E402
 from animetagnet_train.train import lr_at  # noqa: E402
 
@@ -143,3 +144,27 @@ def test_mixup_blends_pixels_and_targets_alike_and_is_seeded_by_step():
         assert torch.allclose(x[i].mean() / 200.0, t[i, 0], atol=1e-6)
     draws = {round(float(data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, s))[1][0, 0]), 6) for s in range(20)}
     assert len(draws) > 10  # a new blend every step
+
+
+def test_random_erasing_hides_one_noise_patch_of_the_drawn_size_and_is_seeded_by_step():
+    images = torch.full((16, 32, 32, 3), 128, dtype=torch.uint8)
+    out = data.erase_batch(images, 1.0, (0.05, 0.2), data.erase_rng(0, 7))
+    assert out.dtype == torch.uint8 and torch.equal(images, torch.full_like(images, 128))  # input untouched
+    assert torch.equal(out, data.erase_batch(images, 1.0, (0.05, 0.2), data.erase_rng(0, 7)))  # resumes alike
+    assert not torch.equal(out, data.erase_batch(images, 1.0, (0.05, 0.2), data.erase_rng(0, 8)))
+    for img in out:
+        changed = (img != 128).any(-1)
+        rows, cols = torch.nonzero(changed.any(1)).flatten(), torch.nonzero(changed.any(0)).flatten()
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert 0.04 <= h * w / 32**2 <= 0.21  # one rectangle of the drawn area (rounding aside)
+        assert changed[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].float().mean() > 0.9  # noise, not a frame
+    assert torch.equal(data.erase_batch(images, 0.0, (0.05, 0.2), data.erase_rng(0, 7)), images)
+    some = data.erase_batch(images, 0.5, (0.05, 0.2), data.erase_rng(0, 7))
+    assert 0 < int((some != 128).flatten(1).any(1).sum()) < 16
+
+
+def test_erase_area_is_checked():
+    with pytest.raises(UsageError, match="erase_area"):
+        config.load(None, ["data.augment.erase_area=[0.3,0.1]"])
+    with pytest.raises(UsageError, match="erase"):
+        config.load(None, ["data.augment.erase=1.5"])

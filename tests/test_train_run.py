@@ -64,9 +64,9 @@ def _weights(run: Path) -> dict:
     return load_file(str(run / "checkpoints" / "last.safetensors"))
 
 
-@pytest.mark.parametrize("extra", [[], ["data.augment.mixup=0.4"]], ids=["plain", "mixup"])
+@pytest.mark.parametrize("extra", [[], ["data.augment.mixup=0.4", "data.augment.erase=0.5"]], ids=["plain", "mixup+erase"])
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny, tmp_path, extra):
-    base = ["train.epochs=3", "data.workers=1", *extra]  # mixup: a resumed run must mix the same pairs
+    base = ["train.epochs=3", "data.workers=1", *extra]  # batch augmentations: a resumed run must mix and erase alike
     full = train(tiny, tmp_path / "full", smoke_cfg(*base))
     # 3 steps/epoch: checkpoint every 2 steps, "crash" after step 5 -> resume from step 4 (mid-epoch 2).
     crashed = train(tiny, tmp_path / "crash", smoke_cfg(*base, "train.checkpoint_every_steps=2", "train.stop_after_steps=5"))

@@ -91,6 +91,9 @@ def test_crop_border_excludes_random_area_crops_and_faces_recipe_keeps_its_own()
         config_mod.load(None, ["data.augment.crop_border=0.05", "data.augment.crop_scale=[0.7,1.0]"])
     with pytest.raises(UsageError, match="crop_border"):
         config_mod.load(None, ["data.augment.crop_border=0.3"])
+    # Random erasing can hide a whole small face of a scene: not with the scenes crop either.
+    with pytest.raises(UsageError, match="crop_border and erase"):
+        config_mod.load(None, ["data.augment.crop_border=0.05", "data.augment.erase=0.5"])
     faces = config_mod.load(ROOT / "configs" / "faces-cpu.yaml").data.augment
     assert faces.crop_border == 0.0 and faces.crop_scale[0] < 1.0 and faces.rotate_degrees > 0
     scenes = config_mod.load(SCENES_CFG)

@@ -77,6 +77,12 @@ class AugmentConfig(_Section):
     # weight lam ~ Beta(mixup, mixup), and so are the targets (soft labels: what the pixels
     # now show). Label-safe for any image. 0 disables; 0.1-0.4 are the usual strengths.
     mixup: Float = Field(0.0, ge=0.0)
+    # Random erasing (Zhong et al. 2020): with this probability a training image gets one
+    # rectangle of uniform noise, `erase_area` of the image's area, aspect 0.3-3.3. Label-safe
+    # for one-object images only (part of a face hidden is still that face); in a scene it
+    # could hide a whole small face, so it excludes crop_border as crop_scale does.
+    erase: Float = Field(0.0, ge=0.0, le=1.0)
+    erase_area: list[Float] = Field(default_factory=lambda: [0.02, 0.25])
 
     @model_validator(mode="after")
     def _crop_range(self) -> "AugmentConfig":
@@ -86,6 +92,11 @@ class AugmentConfig(_Section):
         if self.crop_border > 0 and lo_hi[0] < 1.0:
             # A random-area crop can cut any object out of the frame: the border bound would not hold.
             raise ValueError("crop_border and crop_scale < 1 exclude each other (crop_border is the label-safe crop for scenes)")
+        ea = self.erase_area
+        if len(ea) != 2 or not (0 < ea[0] <= ea[1] < 1):
+            raise ValueError("erase_area must be [min, max] with 0 < min <= max < 1")
+        if self.crop_border > 0 and self.erase > 0:
+            raise ValueError("crop_border and erase exclude each other (an erased patch can hide a whole object of a scene)")
         return self
 
 

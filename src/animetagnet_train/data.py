@@ -126,6 +126,39 @@ def mixup_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, step, rank, 0x6D6978])
 
 
+def erase_batch(images: torch.Tensor, prob: float, area: tuple[float, float], rng: np.random.Generator) -> torch.Tensor:
+    """Random erasing on a [B,H,W,C] batch (uint8 or float 0..255): each image, with probability
+    `prob`, gets one rectangle of uniform noise covering `area` of it (aspect 0.3-3.3).
+
+    Our own rather than timm's RandomErasing: that one draws from Python's global `random`, so a
+    resumed run would erase other patches; here every draw comes from `rng` (seeded by the step).
+    """
+    b, h, w = images.shape[:3]
+    out = None
+    for i in range(b):
+        if rng.random() >= prob:
+            continue
+        for _ in range(10):  # a drawn shape may not fit; retry as Zhong et al. do
+            target = rng.uniform(*area) * h * w
+            aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+            eh, ew = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < eh < h and 0 < ew < w:
+                break
+        else:
+            continue
+        y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+        noise = rng.integers(0, 256, size=(eh, ew, images.shape[3]), dtype=np.uint8)
+        if out is None:
+            out = images.clone()
+        out[i, y0 : y0 + eh, x0 : x0 + ew] = torch.from_numpy(noise).to(images.device, images.dtype)
+    return images if out is None else out
+
+
+def erase_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    """Random erasing's randomness for one optimizer step of one process: a function of (seed, step, rank)."""
+    return np.random.default_rng([seed, step, rank, 0x657261])
+
+
 def border_crop_box(w: int, h: int, border: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """A crop that removes at most `border` of the width (height) at each side; aspect kept.
 

@@ -409,6 +409,9 @@ class Trainer:
             from .cache import augment_on_device
 
             images = augment_on_device(images, aug)
+        if cfg.data.augment.erase > 0:
+            images = data.erase_batch(images, cfg.data.augment.erase, tuple(cfg.data.augment.erase_area),
+                                      data.erase_rng(cfg.train.seed, gstep, self.dist.rank))
         if cfg.data.augment.mixup > 0:
             images, targets = data.mixup_batch(images, targets, cfg.data.augment.mixup,
                                                data.mixup_rng(cfg.train.seed, gstep, self.dist.rank))
