@@ -30,12 +30,16 @@ def test_every_face_lands_in_make_scenes_split_and_prepare_keeps_it(shared_data,
         for f in sorted((shared_data / "faces" / tag).glob("*.jpg"))[:40]:
             shutil.copyfile(f, faces / tag / f.name)
     out = tmp_path / "by-split"
+    leftover = tmp_path / "by-split.partial" / "train" / "gawr_gura"  # what an interrupted run leaves
+    leftover.mkdir(parents=True)
+    (leftover / "half.jpg").write_bytes(b"\xff\xd8")
     run = subprocess.run([sys.executable, str(TOOL), str(faces), str(out),
                           "--make-scenes", str(shared_data.parent / "tools" / "make_scenes.py")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     counts = json.loads(run.stdout)
     assert sum(counts.values()) == 80 and counts["train"] > counts["val"] + counts["test"]
+    assert not (tmp_path / "by-split.partial").exists() and len(list(out.rglob("*.jpg"))) == 80
 
     split_of = _make_scenes(shared_data).split_of
     for path in out.rglob("*.jpg"):

@@ -6,7 +6,9 @@ md5. A model pre-trained on single faces before it learns scenes must see only t
 the training scenes are made of, or the val/test scenes would show faces it was trained on.
 This copies FACES_DIR/<tag>/<md5>-<k>.jpg to OUT/{train,val,test}/<tag>/ by make_scenes' own
 `split_of` (loaded from the script, not restated here), so `animetagnet prepare OUT` keeps
-exactly those splits. Copies, not links: `prepare` reads the folder as it is.
+exactly those splits. Copies, not links: `prepare` reads the folder as it is. The copy is
+made in OUT.partial and renamed to OUT when complete, so an interrupted run leaves no half OUT
+and a rerun starts over.
 
     python tools/faces_by_scene_split.py ../shared/data/faces OUT [--make-scenes ../shared/tools/make_scenes.py]
 """
@@ -57,7 +59,13 @@ def main() -> int:
     if args.out.exists() and any(args.out.iterdir()):
         print(f"error: {args.out} is not empty", file=sys.stderr)
         return 2
-    counts = lay_out(args.faces, args.out, load_split_of(args.make_scenes))
+    split_of = load_split_of(args.make_scenes)
+    partial = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted run left
+    counts = lay_out(args.faces, partial, split_of)
+    if args.out.exists():
+        args.out.rmdir()  # empty (checked above)
+    partial.rename(args.out)
     print(json.dumps(counts))
     return 0
 
