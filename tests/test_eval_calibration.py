@@ -177,3 +177,62 @@ def test_save_metrics_records_headline(tmp_path):
     assert meta["provenance"] == {"run": "x"} and meta["name"] == "m"
     assert meta["metrics"]["split"] == "val" and meta["metrics"]["images"] == 6
     assert meta["metrics"]["micro_f1"] == rep["headline"]["micro_f1"]
+
+
+def _eval_data(y: np.ndarray, s: np.ndarray):
+    """An EvalData of character tags only, as run_model would build it from these scores."""
+    from animetagnet.evaluation.runner import EvalData
+    from animetagnet.vocab import Tag, Vocabulary
+
+    t = y.shape[1]
+    names = [f"char_{j}" for j in range(t)]
+    vocab = Vocabulary(Tag(n, Category.CHARACTER) for n in names)
+    cats = np.full(t, int(Category.CHARACTER))
+    return EvalData(model_name="m", model_dir="m", dataset_dir="d", split="val", ids=[str(i) for i in range(len(y))],
+                    images=[""] * len(y), tag_names=names, categories=cats, model_categories=cats,
+                    train_counts=np.zeros(t, int), y_true=y.astype(bool), scores=s.astype(np.float32),
+                    covered=np.ones(t, bool), model_index=np.arange(t), mcut={}, model_vocab=vocab)
+
+
+def _one_character_each(n: int, t: int, rng):
+    y = np.zeros((n, t), bool)
+    y[np.arange(n), rng.integers(0, t, n)] = True
+    return y
+
+
+def test_auto_preset_prefers_one_threshold_when_per_tag_ones_only_fit_noise():
+    from animetagnet.evaluation.calibration import choose_default_preset, held_out_scores
+
+    rng = np.random.default_rng(0)
+    y = _one_character_each(400, 10, rng)
+    # Every tag's scores follow the same law: the best threshold is one for all, and a per-tag
+    # cut fitted to ~20 positives of a half chases the noise.
+    s = np.where(y, rng.beta(4, 2, y.shape), rng.beta(2, 4, y.shape))
+    groups = [str(i // 2) for i in range(400)]  # two crops per post, kept together
+    held = held_out_scores(_eval_data(y, s), groups)
+    assert held["per_category"]["macro_f1"] > held["balanced"]["macro_f1"] + 0.005
+    name, why = choose_default_preset(_eval_data(y, s), groups)
+    assert name in ("global", "per_category") and why["held_out"] == held
+
+
+def test_auto_preset_keeps_per_tag_thresholds_when_tags_live_on_their_own_scales():
+    from animetagnet.evaluation.calibration import choose_default_preset
+
+    rng = np.random.default_rng(1)
+    y = _one_character_each(400, 10, rng)
+    # Tag j separates cleanly around its own level, so no single threshold fits every tag.
+    level = np.linspace(0.15, 0.8, 10)[None, :]
+    s = np.where(y, level + rng.uniform(0.02, 0.15, y.shape), level - rng.uniform(0.02, 0.15, y.shape))
+    name, why = choose_default_preset(_eval_data(y, s), [str(i) for i in range(400)])
+    assert name == "balanced", why
+    assert why["held_out"]["balanced"]["macro_f1"] > why["held_out"]["per_category"]["macro_f1"] + 0.05
+
+
+def test_auto_preset_keeps_the_default_when_too_few_groups_to_halve():
+    from animetagnet.evaluation.calibration import DEFAULT_PRESET, choose_default_preset
+
+    rng = np.random.default_rng(2)
+    y = _one_character_each(60, 4, rng)
+    s = np.where(y, 0.8, 0.2)
+    name, why = choose_default_preset(_eval_data(y, s), [str(i % 10) for i in range(60)])  # 10 posts
+    assert name == DEFAULT_PRESET and "fewer than" in why["chosen_by"] and why["held_out"] == {}

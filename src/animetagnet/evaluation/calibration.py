@@ -22,8 +22,9 @@ import numpy as np
 from ..bundle import METADATA_FILE, ModelMetadata
 from ..errors import ModelError
 from ..fileio import atomic_write_json
+from ..options import ThresholdOptions
 from ..vocab import Category
-from .metrics import best_cut, best_cuts
+from .metrics import best_cut, best_cuts, set_metrics
 
 #: Preset name -> beta of the F-beta score it maximises (0.5 weighs precision, 2 recall).
 FBETA_PRESETS: dict[str, float] = {"balanced": 1.0, "high_precision": 0.5, "high_recall": 2.0}
@@ -32,6 +33,11 @@ DEFAULT_MIN_SUPPORT = 10
 DEFAULT_PRESET = "balanced"
 #: All presets written, in the order the report lists them.
 PRESET_NAMES = ("global", "per_category", "balanced", "high_precision", "high_recall")
+#: What `--default-preset auto` chooses between: the presets that maximise F1, simplest first
+#: (high_precision/high_recall are a trade-off the user picks, not an accuracy question).
+AUTO_CANDIDATES = ("global", "per_category", "balanced")
+#: Below this many split groups in the calibration split, auto keeps DEFAULT_PRESET (halves too small to tell).
+AUTO_MIN_GROUPS = 40
 
 PRESET_DESCRIPTIONS = {
     "global": "one threshold for every tag, maximising micro-F1",
@@ -89,6 +95,60 @@ def calibrate(
             presets["per_category"] = {"categories": dict(cats[name]), "tags": {}}
         presets[name] = {"categories": cats[name], "tags": tags[name]}
     return presets
+
+
+def held_out_scores(
+    data,
+    groups: list[str],
+    *,
+    rounds: int = 5,
+    min_support: int = DEFAULT_MIN_SUPPORT,
+    presets: tuple[str, ...] = AUTO_CANDIDATES,
+) -> dict[str, dict[str, float]]:
+    """How each preset carries to images it was not fitted on, from the calibration split alone.
+
+    `data` is an `EvalData` of the calibration split, `groups` its images' split groups (all
+    crops of one post stay in one half). Each round halves the groups at random (seeded by the
+    round), calibrates on one half with `calibrate` and scores the other with the thresholds
+    `animetagnet tag` would apply (`data.thresholds`), both ways. Per-tag thresholds fitted to a
+    few dozen positives can lose to one threshold per category on unseen images; this measures
+    it instead of assuming. Returns {preset: {"macro_f1", "micro_f1", "macro_f1_std"}} (means).
+    """
+    keys = sorted(set(groups))
+    group_index = np.searchsorted(keys, groups)
+    y, s = np.asarray(data.y_true, dtype=bool), data.scores
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in presets}
+    for r in range(rounds):
+        in_a = np.random.default_rng(r).integers(0, 2, len(keys)).astype(bool)[group_index]
+        for fit, held in ((in_a, ~in_a), (~in_a, in_a)):
+            if not fit.any() or not held.any():
+                continue
+            fitted = calibrate(y[fit], s[fit], data.tag_names, data.model_categories, data.covered, min_support=min_support)
+            for name in presets:
+                if name in fitted:
+                    m = set_metrics(y[held], s[held] >= data.thresholds(ThresholdOptions(), fitted[name]))
+                    found[name].append((m.macro_f1, m.micro_f1))
+    return {name: {"macro_f1": round(float(np.mean([v[0] for v in vals])), 4),
+                   "micro_f1": round(float(np.mean([v[1] for v in vals])), 4),
+                   "macro_f1_std": round(float(np.std([v[0] for v in vals])), 4)}
+            for name, vals in found.items() if vals}
+
+
+def choose_default_preset(data, groups: list[str], *, min_support: int = DEFAULT_MIN_SUPPORT) -> tuple[str, dict]:
+    """`--default-preset auto`: the candidate with the best held-out macro-F1 (`held_out_scores`).
+
+    A simpler preset wins ties and near-ties (within 0.001): it has fewer thresholds to be wrong.
+    With fewer than AUTO_MIN_GROUPS groups the halves are too small to tell: DEFAULT_PRESET.
+    Returns (name, {"chosen_by", "held_out"}) for the calibration record.
+    """
+    if len(set(groups)) < AUTO_MIN_GROUPS:
+        return DEFAULT_PRESET, {"chosen_by": f"fewer than {AUTO_MIN_GROUPS} split groups to halve: the default", "held_out": {}}
+    scores = held_out_scores(data, groups, min_support=min_support)
+    if not scores:
+        return DEFAULT_PRESET, {"chosen_by": "no preset could be fitted on a half: the default", "held_out": {}}
+    best = max(v["macro_f1"] for v in scores.values())
+    name = next(n for n in AUTO_CANDIDATES if n in scores and scores[n]["macro_f1"] >= best - 0.001)
+    return name, {"chosen_by": "held-out macro-F1 on halves of the calibration split", "held_out": scores}
 
 
 def write_metadata(model_dir: str | Path, data: Mapping[str, Any]) -> Path:
