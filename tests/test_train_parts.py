@@ -135,31 +135,31 @@ def test_training_code_never_unpickles():
 def test_mixup_blends_pixels_and_targets_alike_and_is_seeded_by_step():
     images = torch.stack([torch.full((4, 4, 3), 200, dtype=torch.uint8), torch.zeros((4, 4, 3), dtype=torch.uint8)])
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    x, t = data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, 5))
-    x2, t2 = data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, 5))
+    x, t = data.mixup_batch(images, targets, 0.4, data.step_rng(0, 5, 0, "mixup"))
+    x2, t2 = data.mixup_batch(images, targets, 0.4, data.step_rng(0, 5, 0, "mixup"))
     assert torch.equal(x, x2) and torch.equal(t, t2)  # a resumed run mixes the same pairs
     assert x.dtype == torch.float32 and torch.allclose(t.sum(1), torch.ones(2))
     # Each image's soft target is the share of each source in its pixels.
     for i in range(2):
         assert torch.allclose(x[i].mean() / 200.0, t[i, 0], atol=1e-6)
-    draws = {round(float(data.mixup_batch(images, targets, 0.4, data.mixup_rng(0, s))[1][0, 0]), 6) for s in range(20)}
+    draws = {round(float(data.mixup_batch(images, targets, 0.4, data.step_rng(0, s, 0, "mixup"))[1][0, 0]), 6) for s in range(20)}
     assert len(draws) > 10  # a new blend every step
 
 
 def test_random_erasing_hides_one_noise_patch_of_the_drawn_size_and_is_seeded_by_step():
     images = torch.full((16, 32, 32, 3), 128, dtype=torch.uint8)
-    out = data.erase_batch(images, 1.0, (0.05, 0.2), data.erase_rng(0, 7))
+    out = data.erase_batch(images, 1.0, (0.05, 0.2), data.step_rng(0, 7, 0, "erase"))
     assert out.dtype == torch.uint8 and torch.equal(images, torch.full_like(images, 128))  # input untouched
-    assert torch.equal(out, data.erase_batch(images, 1.0, (0.05, 0.2), data.erase_rng(0, 7)))  # resumes alike
-    assert not torch.equal(out, data.erase_batch(images, 1.0, (0.05, 0.2), data.erase_rng(0, 8)))
+    assert torch.equal(out, data.erase_batch(images, 1.0, (0.05, 0.2), data.step_rng(0, 7, 0, "erase")))  # resumes alike
+    assert not torch.equal(out, data.erase_batch(images, 1.0, (0.05, 0.2), data.step_rng(0, 8, 0, "erase")))
     for img in out:
         changed = (img != 128).any(-1)
         rows, cols = torch.nonzero(changed.any(1)).flatten(), torch.nonzero(changed.any(0)).flatten()
         h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
         assert 0.04 <= h * w / 32**2 <= 0.21  # one rectangle of the drawn area (rounding aside)
         assert changed[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].float().mean() > 0.9  # noise, not a frame
-    assert torch.equal(data.erase_batch(images, 0.0, (0.05, 0.2), data.erase_rng(0, 7)), images)
-    some = data.erase_batch(images, 0.5, (0.05, 0.2), data.erase_rng(0, 7))
+    assert torch.equal(data.erase_batch(images, 0.0, (0.05, 0.2), data.step_rng(0, 7, 0, "erase")), images)
+    some = data.erase_batch(images, 0.5, (0.05, 0.2), data.step_rng(0, 7, 0, "erase"))
     assert 0 < int((some != 128).flatten(1).any(1).sum()) < 16
 
 
@@ -168,3 +168,28 @@ def test_erase_area_is_checked():
         config.load(None, ["data.augment.erase_area=[0.3,0.1]"])
     with pytest.raises(UsageError, match="erase"):
         config.load(None, ["data.augment.erase=1.5"])
+
+
+def test_grayscale_is_pillows_luma_in_all_three_channels_and_seeded_by_step():
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    bgr = torch.from_numpy(rgb[..., ::-1].copy())  # the training batch layout
+    out = data.grayscale_batch(bgr, 1.0, data.step_rng(0, 3, 0, "grayscale"))
+    assert out.dtype == torch.uint8 and torch.equal(out[..., 0], out[..., 1]) and torch.equal(out[..., 1], out[..., 2])
+    for i in range(6):
+        luma = np.asarray(Image.fromarray(rgb[i]).convert("L"), dtype=np.int16)
+        assert np.abs(out[i, ..., 0].numpy().astype(np.int16) - luma).max() <= 1
+    assert torch.equal(data.grayscale_batch(bgr, 0.0, data.step_rng(0, 3, 0, "grayscale")), bgr)
+    draws = [data.grayscale_batch(bgr, 0.5, data.step_rng(0, s, 0, "grayscale")) for s in (4, 4, 5)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_grayscale_is_refused_where_it_would_make_colour_tags_false():
+    from animetagnet.vocab import Category, Tag, Vocabulary
+    from animetagnet_train.config import AugmentConfig
+
+    chars = Vocabulary([Tag("general", Category.RATING), Tag("gawr_gura", Category.CHARACTER)])
+    with_general = Vocabulary([*chars, Tag("blonde_hair", Category.GENERAL)])
+    grey = AugmentConfig(grayscale=0.1)
+    assert data.colour_safe_problem(grey, chars) is None
+    assert "blonde_hair" in data.colour_safe_problem(grey, with_general)
+    assert data.colour_safe_problem(AugmentConfig(), with_general) is None

@@ -88,6 +88,12 @@ def test_existing_run_needs_resume(smoke_run, tiny):
         train(tiny, run, smoke_cfg())
 
 
+def test_grayscale_on_a_dataset_with_colour_tags_is_refused_before_anything_is_written(tiny, tmp_path):
+    with pytest.raises(TrainingError, match="grayscale would make colour tags false"):
+        train(tiny, tmp_path / "run", smoke_cfg("data.augment.grayscale=0.2"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_wrong_data_directory_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="not found"):
         train(tmp_path / "nope", tmp_path / "run", smoke_cfg())

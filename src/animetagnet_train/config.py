@@ -83,6 +83,11 @@ class AugmentConfig(_Section):
     # could hide a whole small face, so it excludes crop_border as crop_scale does.
     erase: Float = Field(0.0, ge=0.0, le=1.0)
     erase_area: list[Float] = Field(default_factory=lambda: [0.02, 0.25])
+    # With this probability a training image becomes greyscale (luma, kept as 3 channels), so
+    # that monochrome art (manga pages, sketches) is not a different world. A colour change: it
+    # makes colour tags false (blonde_hair, blue_eyes...), so training refuses it when the
+    # vocabulary has general tags; for character-only sets such as face crops it is label-safe.
+    grayscale: Float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _crop_range(self) -> "AugmentConfig":

@@ -121,9 +121,13 @@ def mixup_batch(images, targets, alpha: float, rng: np.random.Generator):
     return x * lam + x[perm] * (1.0 - lam), targets * lam + targets[perm] * (1.0 - lam)
 
 
-def mixup_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
-    """Mixup's randomness for one optimizer step of one process: a function of (seed, step, rank)."""
-    return np.random.default_rng([seed, step, rank, 0x6D6978])
+#: One random stream per batch augmentation, so that turning one on does not move another's draws.
+_STEP_STREAMS = {"mixup": 0x6D6978, "erase": 0x657261, "grayscale": 0x677279}
+
+
+def step_rng(seed: int, step: int, rank: int, stream: str) -> np.random.Generator:
+    """A batch augmentation's randomness for one optimizer step of one process: a function of (seed, step, rank)."""
+    return np.random.default_rng([seed, step, rank, _STEP_STREAMS[stream]])
 
 
 def erase_batch(images: torch.Tensor, prob: float, area: tuple[float, float], rng: np.random.Generator) -> torch.Tensor:
@@ -154,9 +158,44 @@ def erase_batch(images: torch.Tensor, prob: float, area: tuple[float, float], rn
     return images if out is None else out
 
 
-def erase_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
-    """Random erasing's randomness for one optimizer step of one process: a function of (seed, step, rank)."""
-    return np.random.default_rng([seed, step, rank, 0x657261])
+def grayscale_batch(images: torch.Tensor, prob: float, rng: np.random.Generator) -> torch.Tensor:
+    """Each image of a [B,H,W,3] BGR batch, with probability `prob`, replaced by its luma (ITU-R BT.601,
+    as Pillow's convert("L")) in all three channels; dtype kept (uint8 rounds)."""
+    pick = torch.from_numpy(rng.random(images.shape[0]) < prob).to(images.device)
+    if not bool(pick.any()):
+        return images
+    x = images.float()
+    luma = x[..., 0:1] * 0.114 + x[..., 1:2] * 0.587 + x[..., 2:3] * 0.299
+    if images.dtype == torch.uint8:
+        luma = luma.round_()
+    grey = luma.expand_as(x).to(images.dtype)
+    return torch.where(pick[:, None, None, None], grey, images)
+
+
+def batch_augment(images: torch.Tensor, targets: torch.Tensor, aug: AugmentConfig, seed: int, step: int, rank: int = 0):
+    """The augmentations drawn per batch rather than per image (greyscale, erasing, mixup), in that order.
+
+    Every draw comes from a generator seeded by (seed, step, rank, which), so a resumed run
+    repeats them exactly; they run on the training device, cached data or not.
+    """
+    if aug.grayscale > 0:
+        images = grayscale_batch(images, aug.grayscale, step_rng(seed, step, rank, "grayscale"))
+    if aug.erase > 0:
+        images = erase_batch(images, aug.erase, tuple(aug.erase_area), step_rng(seed, step, rank, "erase"))
+    if aug.mixup > 0:
+        images, targets = mixup_batch(images, targets, aug.mixup, step_rng(seed, step, rank, "mixup"))
+    return images, targets
+
+
+def colour_safe_problem(aug: AugmentConfig, vocab) -> str | None:
+    """Why `aug` would make labels false for this vocabulary (a colour change with general tags), or None."""
+    from animetagnet.vocab import Category
+
+    general = [t.name for t in vocab if t.category == Category.GENERAL]
+    if aug.grayscale > 0 and general:
+        return (f"data.augment.grayscale would make colour tags false: the vocabulary has {len(general)} general tags "
+                f"(e.g. {general[0]}); it is for character-only datasets such as face crops")
+    return None
 
 
 def border_crop_box(w: int, h: int, border: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -195,7 +234,8 @@ def random_area_box(w: int, h: int, crop_scale: tuple[float, float], rng: np.ran
 def augment(img: Image.Image, size: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Label-safe augmentation on PIL (flip, small crop, small rotation, resize filter), then THE preprocessing.
 
-    No colour changes: hair and eye colours are tags, so colour jitter would make labels false.
+    No colour changes: hair and eye colours are tags, so colour jitter would make labels false
+    (the one exception, greyscale for character-only sets, is a batch augmentation: `batch_augment`).
     Two crops: `crop_scale` (random area; one-object images such as face crops) and
     `crop_border` (bounded per side; images with several objects anywhere, such as scenes).
     """

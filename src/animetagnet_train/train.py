@@ -222,6 +222,8 @@ class Trainer:
             # Fine-tuning keeps every output of the checkpoint and adds the dataset's new tags.
             ds = data.with_vocabulary(ds, model_mod.init_vocabulary(cfg.model.init_from, ds.vocab))
         self.vocab = vocab = ds.vocab
+        if problem := data.colour_safe_problem(cfg.data.augment, vocab):
+            raise TrainingError(problem)
         if "val" not in ds.splits:
             raise TrainingError(f"{dataset_dir}: val.jsonl is missing (needed to pick the best checkpoint)")
 
@@ -409,12 +411,7 @@ class Trainer:
             from .cache import augment_on_device
 
             images = augment_on_device(images, aug)
-        if cfg.data.augment.erase > 0:
-            images = data.erase_batch(images, cfg.data.augment.erase, tuple(cfg.data.augment.erase_area),
-                                      data.erase_rng(cfg.train.seed, gstep, self.dist.rank))
-        if cfg.data.augment.mixup > 0:
-            images, targets = data.mixup_batch(images, targets, cfg.data.augment.mixup,
-                                               data.mixup_rng(cfg.train.seed, gstep, self.dist.rank))
+        images, targets = data.batch_augment(images, targets, cfg.data.augment, cfg.train.seed, gstep, self.dist.rank)
         with self.amp_ctx():
             logits = self.train_net(images)
         loss = self.criterion(logits, targets)
