@@ -57,6 +57,9 @@ def test_wd_layout_files(exported):
     assert meta_file["provenance"]["backbone"] == "test_resnet"
     for key in ("map", "macro_f1", "micro_f1"):
         assert 0 <= meta_file["metrics"][key] <= 1
+    # The dataset has a test split, and export leaves it alone: test is read once, by evaluate.
+    assert (base / "ds" / "test.jsonl").is_file()
+    assert "test" not in meta_file["metrics"] and "| test |" not in (model / "README.md").read_text()
 
 
 def test_characters_without_val_positives_get_the_character_default():

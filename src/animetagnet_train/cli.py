@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     e.add_argument("--weights", choices=("best", "last"), default="best")
     e.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic quantization) and measure it")
     e.add_argument("--parity-images", type=int, default=16, metavar="N", help="real images for the ONNX/torch parity check")
-    e.add_argument("--max-eval-images", type=int, default=0, metavar="N", help="cap val/test images used (0: all)")
+    e.add_argument("--max-eval-images", type=int, default=0, metavar="N", help="cap the val images used for thresholds and figures (0: all)")
     e.add_argument("--force", action="store_true", help="overwrite an existing MODEL_DIR/model.onnx")
     e.add_argument("--input-size", type=int, default=None, metavar="PX",
                    help="ONNX input size, resized in the graph to the trained size (448 for kohya sd-scripts, "

@@ -254,7 +254,9 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
         q = meta["int8"]
         lines += ["", f"`model_int8.onnx` (dynamic int8): {q['speedup']:.2f}x the float model's speed on this machine's CPU; "
                       f"val mAP {q['val_map']:.4f} vs {q['float_val_map']:.4f}, max |prob diff| {q['max_abs_diff']:.3f}."]
-    lines += ["", "Validation figures are development figures: the split also chose the thresholds and the best epoch."]
+    lines += ["", "Validation figures are development figures: the split also chose the thresholds and the best epoch. "
+                  "Export never reads the test split; measure it once, for the model you keep: "
+                  "`animetagnet evaluate --model MODEL --data DATASET --split test --save-metrics`."]
     return "\n".join(lines) + "\n"
 
 
@@ -345,25 +347,21 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         raise TrainingError(f"export parity check failed: max |onnx - torch| = {diff:.3e} > {PARITY_TOLERANCE:.0e}")
 
     # Thresholds and figures from the exported model itself, on the inference preprocessing.
-    evals, probs_by_split = {}, {}
-    for split_name in ("val", "test"):
-        if split_name not in ds.splits:
-            continue
-        sp = ds.split(split_name)
-        n = len(sp.paths) if not max_eval_images else min(max_eval_images, len(sp.paths))
-        imgs = load_images(sp.paths[:n], size)
-        probs_by_split[split_name] = (run_onnx(sess, imgs), targets_of(sp, len(vocab), offset)[:n], imgs)
-    vp, vt, vimgs = probs_by_split["val"]
+    # Val only: export is run on every candidate, and a test figure printed each time would be
+    # looked at and tuned on; the test split is read once, by `evaluate --split test`.
+    sp = ds.split("val")
+    n = len(sp.paths) if not max_eval_images else min(max_eval_images, len(sp.paths))
+    vimgs = load_images(sp.paths[:n], size)
+    vp, vt = run_onnx(sess, vimgs), targets_of(sp, len(vocab), offset)[:n]
     presets = pick_thresholds(vp, vt, vocab)
     thresholds = calibration.thresholds_entry(presets, info={
         "by": "animetagnet export", "split": "val", "images": int(len(vp)),
         "min_support": calibration.DEFAULT_MIN_SUPPORT})
     th = threshold_vector(presets["balanced"], vocab)
-    for split_name, (p, t, _) in probs_by_split.items():
-        evals[split_name] = split_metrics(p, t, th)
-        m = evals[split_name]
-        log(f"{split_name}: mAP {m['map']:.4f}, macro-F1 {m['macro_f1']:.4f} (at 0.5: {m['macro_f1@0.5']:.4f}), "
-            f"micro-F1 {m['micro_f1']:.4f}, top-1 {m['top1']:.4f} on {m['images']} images")
+    evals = {"val": split_metrics(vp, vt, th)}
+    m = evals["val"]
+    log(f"val: mAP {m['map']:.4f}, macro-F1 {m['macro_f1']:.4f} (at 0.5: {m['macro_f1@0.5']:.4f}), "
+        f"micro-F1 {m['micro_f1']:.4f}, top-1 {m['top1']:.4f} on {m['images']} images")
 
     history = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()] \
         if (run_dir / "metrics.jsonl").is_file() else []
