@@ -31,6 +31,20 @@ def test_asl_down_weights_easy_negatives():
     assert asl < bce / 10
 
 
+def test_label_smoothing_moves_the_loss_minimum_to_the_smoothed_targets():
+    """With smoothing e over T outputs, BCE is smallest where sigmoid(logit) = y*(1-e) + e/T."""
+    t = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    smooth = losses.MultiLabelLoss(LossConfig(name="bce", label_smoothing=0.2))
+    target_p = torch.tensor([[0.8 + 0.05, 0.05, 0.05, 0.05]])
+    logits = torch.logit(target_p).requires_grad_()
+    smooth(logits, t).backward()
+    assert logits.grad.abs().max() < 1e-6  # the minimum: no pull towards 0/1 any more
+    plain = losses.MultiLabelLoss(LossConfig(name="bce"))
+    logits = torch.logit(target_p).requires_grad_()
+    plain(logits, t).backward()
+    assert logits.grad[0, 0] < 0 and (logits.grad[0, 1:] > 0).all()  # unsmoothed: still pushed apart
+
+
 def test_frequency_weights_favour_rare_tags():
     w = losses.frequency_weights(np.array([1000, 10, 0]), "inverse_sqrt")
     assert w.mean().item() == pytest.approx(1.0, abs=1e-6)

@@ -125,6 +125,9 @@ class LossConfig(_Section):
     clip: Float = 0.05
     # Per-tag weights from training frequency: none | inverse_sqrt (rare tags count more).
     tag_weights: Literal["none", "inverse_sqrt"] = "none"
+    # Label smoothing (timm's multi-label convention): targets y*(1-e) + e/T for T outputs, so a
+    # wrong label in the data costs less; thresholds are calibrated on val afterwards anyway.
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class OptimConfig(_Section):

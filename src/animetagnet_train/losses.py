@@ -20,6 +20,9 @@ class MultiLabelLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        if self.cfg.label_smoothing > 0:
+            eps = self.cfg.label_smoothing
+            targets = targets * (1.0 - eps) + eps / targets.shape[1]
         if self.cfg.name == "bce":
             loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         else:
