@@ -37,8 +37,7 @@ def main() -> int:
     args = ap.parse_args()
     split = load_split(args.data, args.split)
     ev = run_model(args.model, split, progress=False, log=lambda m: None)
-    group_of = {r.id: r.group or r.id for r in split.records}
-    groups = [group_of[i] for i in ev.ids]
+    groups = split.groups_of(ev.ids)
     held_out = held_out_scores(ev, groups, rounds=args.rounds, presets=PRESET_NAMES)
     fixed = set_metrics(ev.y_true, ev.scores >= 0.5)
     auto, _ = choose_default_preset(ev, groups)

@@ -358,10 +358,9 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         "by": "animetagnet export", "split": "val", "images": int(len(vp)),
         "min_support": calibration.DEFAULT_MIN_SUPPORT})
     th = threshold_vector(presets["balanced"], vocab)
-    evals = {"val": split_metrics(vp, vt, th)}
-    m = evals["val"]
-    log(f"val: mAP {m['map']:.4f}, macro-F1 {m['macro_f1']:.4f} (at 0.5: {m['macro_f1@0.5']:.4f}), "
-        f"micro-F1 {m['micro_f1']:.4f}, top-1 {m['top1']:.4f} on {m['images']} images")
+    val_figures = v = split_metrics(vp, vt, th)
+    log(f"val: mAP {v['map']:.4f}, macro-F1 {v['macro_f1']:.4f} (at 0.5: {v['macro_f1@0.5']:.4f}), "
+        f"micro-F1 {v['micro_f1']:.4f}, top-1 {v['top1']:.4f} on {v['images']} images")
 
     history = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()] \
         if (run_dir / "metrics.jsonl").is_file() else []
@@ -396,13 +395,13 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
             "torch": torch.__version__,
             "config": config_mod.to_dict(cfg),
         },
-        "metrics": {"split": "val", "threshold_preset": "balanced", **{k: v for k, v in evals.items()},
-                    "micro_f1": evals["val"]["micro_f1"], "macro_f1": evals["val"]["macro_f1"], "map": evals["val"]["map"]},
+        "metrics": {"split": "val", "threshold_preset": "balanced", "val": val_figures,
+                    "micro_f1": val_figures["micro_f1"], "macro_f1": val_figures["macro_f1"], "map": val_figures["map"]},
         "parity": {"images": n_par, "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE},
     }
 
     if int8:
-        meta["int8"] = export_int8(onnx_path, out_dir / "model_int8.onnx", vimgs, vp, vt, th, evals["val"], log)
+        meta["int8"] = export_int8(onnx_path, out_dir / "model_int8.onnx", vimgs, vp, vt, th, val_figures, log)
 
     vocab.write_csv(out_dir / "selected_tags.csv")  # counts from the dataset's training split
     calibration.write_metadata(out_dir, meta)

@@ -125,8 +125,7 @@ def run(args) -> int:
                 "scores_on_calibration_split": calibration_scores(cdata, presets)}
         default = args.default_preset
         if default == "auto":
-            group_of = {r.id: r.group or r.id for r in cal_split.records}
-            default, info["default_preset"] = choose_default_preset(cdata, [group_of[i] for i in cdata.ids],
+            default, info["default_preset"] = choose_default_preset(cdata, cal_split.groups_of(cdata.ids),
                                                                     min_support=args.min_support)
             for name, sc in info["default_preset"]["held_out"].items():
                 log(f"  {name:>15} fitted on half of {cal_split.split}, scored on the other: "

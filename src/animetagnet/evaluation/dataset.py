@@ -27,6 +27,11 @@ class SplitData:
     #: Labels in the jsonl that are not in the dataset's selected_tags.csv (ignored), with counts.
     unknown_labels: Counter = field(default_factory=Counter)
 
+    def groups_of(self, ids: list[str]) -> list[str]:
+        """The split group of each id (a record without one is its own group)."""
+        group = {r.id: r.group or r.id for r in self.records}
+        return [group[i] for i in ids]
+
 
 def split_size(dataset_dir: str | Path, split: str) -> int:
     path = Path(dataset_dir) / f"{split}.jsonl"
