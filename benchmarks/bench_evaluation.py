@@ -1,6 +1,7 @@
 """Benchmarks the evaluation package; prints JSON.
 
-1. `metrics`: summarize() and calibrate() on synthetic WD-scale arrays (images x 10,861 tags).
+1. `metrics`: summarize(), calibrate() and the automatic preset choice (choose_default_preset,
+   `evaluate --calibrate`'s default) on synthetic WD-scale arrays (images x 10,861 tags).
 2. `faces`: a real end-to-end run on ../shared/data/faces: fits a colour-statistics logistic
    baseline (numpy, 4x4 grid of mean colours -> 20 character tags), exports it as a WD-layout
    ONNX bundle, calibrates on one split and evaluates on another with `animetagnet evaluate`.
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from animetagnet.bundle import ModelMetadata  # noqa: E402
-from animetagnet.evaluation.calibration import calibrate  # noqa: E402
+from animetagnet.evaluation.calibration import calibrate, choose_default_preset  # noqa: E402
 from animetagnet.evaluation.runner import EvalData  # noqa: E402
 from animetagnet.evaluation.summary import summarize  # noqa: E402
 from animetagnet.vocab import Category, Tag, Vocabulary  # noqa: E402
@@ -57,8 +58,12 @@ def bench_metrics(n: int, t: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     presets = calibrate(y, scores, vocab.names, vocab.categories, np.ones(t, bool))
     t_cal = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chosen, _ = choose_default_preset(data, data.ids)  # every image its own split group
+    t_auto = time.perf_counter() - t0
     return {"images": n, "tags": t, "positives": int(y.sum()), "summarize_s": round(t_sum, 2),
-            "calibrate_s": round(t_cal, 2), "tags_with_own_threshold": len(presets["balanced"]["tags"]),
+            "calibrate_s": round(t_cal, 2), "auto_preset_choice_s": round(t_auto, 2), "auto_preset": chosen,
+            "tags_with_own_threshold": len(presets["balanced"]["tags"]),
             "micro_f1_at_pr": round(s.result["f1_at_pr"]["micro"]["f1"], 4)}
 
 
