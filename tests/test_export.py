@@ -142,6 +142,34 @@ def test_flip_average_is_the_mean_over_the_image_and_its_mirror(exported, tmp_pa
     assert (got[:, :4] == 0).all()  # untrained ratings still a constant
 
 
+def test_network_size_runs_the_network_off_its_trained_size(exported, tmp_path):
+    """`--network-size`: the ONNX input is that size, fed to the network as it is (no resize in the
+    graph), and recorded with the trained size; `--input-size` still resizes to it in the graph."""
+    base, _ = exported
+    meta = export.export(base / "run", tmp_path / "net48", network_size=48, log=lambda m: None)
+    pre = meta["preprocessing"]
+    assert pre["size"] == 48 and pre["network_size"] == 48 and pre["trained_size"] == 32
+    assert "in_graph_resize" not in pre
+    assert "trained at 32 px and runs here at 48 px" in (tmp_path / "net48" / "README.md").read_text()
+    sess = ort.InferenceSession(str(tmp_path / "net48" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[1:] == [48, 48, 3]
+    images = sorted((base / "ds" / "images").glob("val_*"))[:4]
+    batch = np.stack([load_and_preprocess(p, 48) for p in images])
+    net = export.load_run(base / "run")[2]
+    with torch.no_grad():  # the network itself at 48 px: NHWC BGR 0..255 in, as the graph takes it
+        direct = torch.sigmoid(net(torch.from_numpy(batch))).numpy()
+    got = sess.run(None, {"input": batch})[0]
+    assert np.abs(got[:, 4:] - direct).max() < 1e-4  # rows 0-3: the added rating rows
+    plain = ort.InferenceSession(str(base / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    at32 = plain.run(None, {"input": np.stack([load_and_preprocess(p, 32) for p in images])})[0]
+    assert np.abs(got - at32).max() > 1e-4  # a different size really is a different input
+    both = export.export(base / "run", tmp_path / "net48-in64", network_size=48, input_size=64, log=lambda m: None)
+    assert both["preprocessing"]["size"] == 64 and both["preprocessing"]["network_size"] == 48
+    assert "in_graph_resize" in both["preprocessing"]
+    with pytest.raises(TrainingError, match="--network-size 8"):
+        export.export(base / "run", tmp_path / "bad", network_size=8, log=lambda m: None)
+
+
 @pytest.fixture(scope="module")
 def exported_wd(tmp_path_factory):
     """A WD-layout dataset with rating labels, exported at a larger input (resized in the graph) and for ComfyUI."""

@@ -122,7 +122,8 @@ def test_channel_order_is_what_the_onnx_file_takes(timm_repo, real_images):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A smoke run on a WD-layout dataset, exported at its own size and at 64 px (resized in the graph)."""
+    """A smoke run on a WD-layout dataset, exported at its own size, at 64 px (resized in the graph)
+    and with the network run at 48 px (off its trained size)."""
     from animetagnet_train import config, export
     from animetagnet_train.train import train
     from train_helpers import ROOT, make_synthetic
@@ -133,12 +134,13 @@ def trained(tmp_path_factory):
     export.export(base / "run", base / "model", log=lambda m: None)
     export.export(base / "run", base / "model-64", input_size=64, log=lambda m: None)
     export.export(base / "run", base / "model-flip", flip_average=True, log=lambda m: None)
+    export.export(base / "run", base / "model-net48", network_size=48, log=lambda m: None)
     return base
 
 
 def test_training_run_and_exports_match_onnxruntime(trained, real_images):
     paths = real_images + sorted((trained / "ds" / "images").glob("*"))[:10]  # real JPEGs + the run's own PNG/JPEG
-    for export_dir in ("model", "model-64", "model-flip"):
+    for export_dir in ("model", "model-64", "model-flip", "model-net48"):
         onnx_t = Tagger(trained / export_dir, backend="onnx", device="cpu")
         torch_t = Tagger(trained / export_dir, backend="torch", device="cpu")
         assert torch_t.vocab.names == onnx_t.vocab.names and torch_t.input_size == onnx_t.input_size

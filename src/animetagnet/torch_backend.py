@@ -245,7 +245,7 @@ def _load_export(out_dir: Path):
     if expected != len(bundle.vocab):
         raise ModelError(f"{out_dir}: {LABELS_FILE} lists {len(bundle.vocab)} tags but the run {run_dir} has "
                          f"{len(run_vocab)} outputs{' + 4 added rating rows' if plan.added_ratings else ''}")
-    network_size = cfg.model.image_size
+    network_size = int(pre.get("network_size") or cfg.model.image_size)  # an export may run the network off its trained size
     size = int(pre.get("size") or network_size)
     flip = pre.get("test_time") == wdgraph.FLIP_AVERAGE
     return bundle, _Graph(wdgraph.ExportGraph(net, plan, network_size, size, flip_average=flip)), size

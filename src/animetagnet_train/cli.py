@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     e.add_argument("--input-size", type=int, default=None, metavar="PX",
                    help="ONNX input size, resized in the graph to the trained size (448 for kohya sd-scripts, "
                         "which always feeds 448 px; default: the trained size)")
+    e.add_argument("--network-size", type=int, default=None, metavar="PX",
+                   help="run the network at PX instead of its trained size (a convolutional network runs at any size; "
+                        "a little larger offsets the zoom of random-crop training: decide it on val)")
     e.add_argument("--flip-average", action="store_true",
                    help="the graph averages each image with its mirror (test-time flip: twice the compute, "
                         "read by every tool unmodified)")
@@ -126,6 +129,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     report = export(args.run_dir, args.out, dataset_dir=args.dataset, weights=args.weights, int8=args.int8,
                     parity_images=args.parity_images, max_eval_images=args.max_eval_images, force=args.force,
-                    input_size=args.input_size, comfyui_dir=args.comfyui, flip_average=args.flip_average)
+                    input_size=args.input_size, comfyui_dir=args.comfyui, flip_average=args.flip_average,
+                    network_size=args.network_size)
     print(f"exported {args.run_dir} -> {args.out} (parity max |diff| {report['parity']['max_abs_diff']:.2e})")
     return 0

@@ -195,8 +195,10 @@ def model_card(meta: dict, vocab: Vocabulary) -> str:
         "- `animetagnet tag IMAGES --model THIS_DIR`.",
         f"- input `{INPUT_NAME}` [batch, {pre['size']}, {pre['size']}, 3] float32 **BGR 0..255** (NHWC), "
         "white-padded centred square, bicubic resize"
-        + (f"; the graph resizes it to the {pre['network_size']} px the network was trained at "
-           "(Pillow's bicubic weights)" if "network_size" in pre else "") + ".",
+        + (f"; the graph resizes it to the {pre['network_size']} px the network runs at "
+           "(Pillow's bicubic weights)" if "in_graph_resize" in pre else "")
+        + (f"; the network was trained at {pre['trained_size']} px and runs here at {pre['network_size']} px"
+           if "trained_size" in pre else "") + ".",
         *(["- test-time flip inside the graph: both outputs are the mean over the image and its mirror "
            "(twice the compute of a plain export; every tool that reads the file gets it)."] if "test_time" in pre else []),
         f"- outputs: `{OUTPUT_NAME}` [batch, {len(vocab)}] sigmoid probabilities, row i of `selected_tags.csv` = "
@@ -277,19 +279,24 @@ def comfyui_copy(out_dir: Path, comfy_dir: Path, name: str, force: bool) -> list
 
 def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool = False,
            parity_images: int = 16, max_eval_images: int = 0, force: bool = False, log=None,
-           input_size: int | None = None, comfyui_dir=None, flip_average: bool = False) -> dict:
+           input_size: int | None = None, comfyui_dir=None, flip_average: bool = False,
+           network_size: int | None = None) -> dict:
     """Export a run. `input_size` (e.g. 448 for kohya): the ONNX input size, resized in the graph to
-    the trained size; `comfyui_dir`: also write NAME.onnx + NAME.csv there (NAME: the model directory's name);
+    the network size; `network_size`: the size the network runs at (default: the trained size; a
+    convolutional network runs at any size, and a larger one offsets random-crop training's zoom);
+    `comfyui_dir`: also write NAME.onnx + NAME.csv there (NAME: the model directory's name);
     `flip_average`: the graph outputs the mean over the image and its mirror (twice the compute)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (out_dir / "model.onnx").exists() and not force:
         raise TrainingError(f"{out_dir}/model.onnx exists; pass --force to overwrite")
     cfg, run_vocab, net, wmeta = load_run(run_dir, weights)
-    network_size = cfg.model.image_size
+    trained_size = cfg.model.image_size
+    network_size = network_size or trained_size
     size = input_size or network_size
-    if not 16 <= size <= 4096:
-        raise TrainingError(f"--input-size {size}: expected 16..4096 pixels")
+    for flag, px in (("--network-size", network_size), ("--input-size", size)):
+        if not 16 <= px <= 4096:
+            raise TrainingError(f"{flag} {px}: expected 16..4096 pixels")
     if dataset_dir is None:
         run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
         dataset_dir = run_info.get("dataset")
@@ -315,7 +322,8 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     graph = wdgraph.ExportGraph(net, plan, network_size, size, flip_average=flip_average).eval()
-    resize_note = f", input {size}px resized in the graph" if size != network_size else ""
+    resize_note = f" (trained at {trained_size}px)" if network_size != trained_size else ""
+    resize_note += f", input {size}px resized in the graph" if size != network_size else ""
     resize_note += ", mean over the image and its mirror" if flip_average else ""
     log(f"exporting {cfg.model.backbone}@{network_size}{resize_note} ({len(vocab)} tags) to {onnx_path}")
     atomic_write_bytes(onnx_path, to_onnx_bytes(graph, size))
@@ -370,9 +378,10 @@ def export(run_dir, out_dir, dataset_dir=None, weights: str = "best", int8: bool
         "outputs": "probabilities",
         "preprocessing": {"size": size, "layout": "NHWC", "channels": "BGR", "range": [0, 255],
                           "pad": "white-centred-square", "resample": "bicubic",
-                          **({"network_size": network_size,
-                              "in_graph_resize": "Pillow BICUBIC weights (antialiased), two matrix products"}
+                          **({"network_size": network_size} if size != network_size or network_size != trained_size else {}),
+                          **({"in_graph_resize": "Pillow BICUBIC weights (antialiased), two matrix products"}
                              if size != network_size else {}),
+                          **({"trained_size": trained_size} if network_size != trained_size else {}),
                           # the outputs are the mean over the image and its mirror, computed in the graph
                           **({"test_time": wdgraph.FLIP_AVERAGE} if flip_average else {})},
         "labels": plan.metadata(),
