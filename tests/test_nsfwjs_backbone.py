@@ -67,6 +67,8 @@ def build_package(path, shapes, rng, *, drop_last_byte=False) -> dict[str, np.nd
     for name, shape in shapes:
         q = rng.integers(0, 256, int(np.prod(shape)), dtype=np.uint8)
         lo, scale = float(rng.uniform(-1, 0)), float(rng.uniform(1e-3, 1e-2))
+        if name.endswith("moving_variance"):
+            lo = float(rng.uniform(0.5, 1))  # a variance is positive (the real ones are)
         entries.append(f'{{name:"{name}",shape:[{",".join(map(str, shape))}],dtype:"float32",'
                        f'quantization:{{min:{lo},scale:{scale},dtype:"uint8"}}}}')
         shard += q.tobytes()
@@ -123,6 +125,24 @@ def test_the_checkpoint_is_a_model_init_from_source(tmp_path):
     assert info["head"].startswith("new") and cfg.model.mean == [0.0, 0.0, 0.0] and cfg.model.std == [1.0, 1.0, 1.0]
     assert cfg.model.timm_args == {"pad_type": "same", "bn_eps": 0.001}
     assert model.backbone.bn1.eps == 1e-3
+
+
+def test_the_pretrained_faces_recipe_trains_and_exports_from_it(tmp_path):
+    """configs/faces-pretrained-cpu.yaml as shipped (sizes and epochs cut), on a converted checkpoint:
+    it trains, and its TF-style padded network exports to ONNX with parity (export checks 1e-4)."""
+    from animetagnet_train import config, export
+    from animetagnet_train.train import train
+
+    build_package(tmp_path / "nsfwjs.tgz", keras_mobilenet_v2(), np.random.default_rng(3))
+    _tool().convert(tmp_path / "nsfwjs.tgz", tmp_path / "ckpt")
+    ds = make_synthetic(tmp_path / "ds")
+    cfg = config.load(ROOT / "configs" / "faces-pretrained-cpu.yaml", [
+        f"model.init_from={tmp_path / 'ckpt'}", "model.image_size=64", "train.epochs=1", "data.workers=0",
+        "data.batch_size=16", "train.threads=1"])
+    train(ds, tmp_path / "run", cfg)
+    meta = export.export(tmp_path / "run", tmp_path / "model", log=lambda m: None)
+    assert meta["provenance"]["backbone"] == "mobilenetv2_100" and meta["parity"]["max_abs_diff"] <= 1e-4
+    assert meta["provenance"]["config"]["model"]["timm_args"] == {"pad_type": "same", "bn_eps": 0.001}
 
 
 def test_a_file_that_is_not_the_expected_layout_is_one_line(tmp_path):

@@ -12,7 +12,7 @@ from animetagnet_train import config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "faces-cpu.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_recipes_load(name):
     cfg = config.load(ROOT / "configs" / name)
     assert cfg.model.image_size >= 16 and cfg.train.epochs >= 1
