@@ -3,8 +3,8 @@
 
 No Hugging Face download reaches some machines (this project's included), but the npm registry
 does, and nsfwjs (MIT, Infinite Red) ships its MobileNetV2 inside the package: Keras'
-ImageNet MobileNetV2 whose last six blocks were fine-tuned on 60k images in five classes, two of
-them drawings and hentai, so it has seen anime art. This writes its backbone as a timm
+ImageNet MobileNetV2 whose last six blocks (and last convolution) were fine-tuned on web images
+in five classes, two of them drawings and hentai, so it has seen anime art. This writes its backbone as a timm
 checkpoint directory that `model.init_from` reads (the five-class head is dropped):
 
     npm pack nsfwjs@4.4.0                       # nsfwjs-4.4.0.tgz, 25 MB, from registry.npmjs.org
@@ -105,8 +105,8 @@ CONFIG = {
     "model_args": {"pad_type": "same", "bn_eps": 0.001},
     "pretrained_cfg": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "input_size": [3, 224, 224],
                        "source": "nsfwjs 4.4.0 (npm, MIT, Infinite Red) dist/models/mobilenet_v2: Keras ImageNet "
-                                 "MobileNetV2, blocks 11-16 and the last convolution fine-tuned on nsfw_data_scraper "
-                                 "images (classes Drawing, Hentai, Neutral, Porn, Sexy); weights uint8-quantised"},
+                                 "MobileNetV2, blocks 11-16 and the last convolution fine-tuned on web images "
+                                 "(classes Drawing, Hentai, Neutral, Porn, Sexy); weights uint8-quantised"},
 }
 
 
