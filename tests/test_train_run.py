@@ -168,6 +168,35 @@ def test_fine_tune_from_a_wd_style_timm_checkpoint(smoke_run, tmp_path):
         model_mod.build(smoke_cfg(f"model.init_from={wd}", "model.backbone=resnet18").model, vocab)
 
 
+def test_fine_tune_from_a_timm_classifier_for_other_classes(smoke_run, tmp_path):
+    """A timm checkpoint directory without a label file whose head has another size (ImageNet's
+    1,000 classes, say): the backbone loads, the head starts new. A bare file with such a head
+    (no config.json saying what it is) is still refused: nothing says its rows are not tags."""
+    from safetensors.torch import save_file
+
+    from animetagnet_train import export, model as model_mod
+
+    run, _ = smoke_run
+    _, vocab, net, _ = export.load_run(run)
+    state = {k: v.contiguous() for k, v in net.backbone.state_dict().items()}
+    head = net.backbone.get_classifier()
+    wkey = next(k for k, v in net.backbone.named_parameters() if v is head.weight)
+    bkey = next(k for k, v in net.backbone.named_parameters() if v is head.bias)
+    state[wkey], state[bkey] = torch.randn(1000, state[wkey].shape[1]), torch.randn(1000)
+    imagenet = tmp_path / "imagenet"
+    imagenet.mkdir()
+    save_file(state, str(imagenet / "model.safetensors"))
+    (imagenet / "config.json").write_text(json.dumps({"architecture": "test_resnet", "num_classes": 1000,
+                                                      "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    tuned, info = model_mod.build(smoke_cfg(f"model.init_from={imagenet}").model, vocab)
+    assert info["head"] == "new (the checkpoint's 1000-output head has no tag names)"
+    trunk = {k: v for k, v in net.backbone.state_dict().items() if k not in (wkey, bkey)}
+    assert all(torch.equal(tuned.backbone.state_dict()[k], v) for k, v in trunk.items())
+    assert tuned.backbone.get_classifier().weight.shape[0] == len(vocab)
+    with pytest.raises(TrainingError, match="no label file"):
+        model_mod.build(smoke_cfg(f"model.init_from={imagenet / 'model.safetensors'}").model, vocab)
+
+
 def test_pickled_checkpoints_are_never_loaded(tmp_path):
     from animetagnet_train import model as model_mod
 

@@ -192,7 +192,13 @@ def build(cfg: ModelConfig, vocab: Vocabulary) -> tuple[Tagger, dict]:
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     head = _classifier(model.backbone)
     wkey = next(k for k, v in model.backbone.named_parameters() if v is head.weight)
-    if wkey in state:
+    bkey = next(k for k, v in model.backbone.named_parameters() if v is head.bias)
+    if wkey in state and timm_cfg and old_vocab is None and state[wkey].shape[0] != len(vocab):
+        # A timm classifier for other classes (ImageNet's 1,000, say): no label file, so no row of
+        # its head can be a tag. Its backbone is what is wanted; the head starts new.
+        info["head"] = f"new (the checkpoint's {state[wkey].shape[0]}-output head has no tag names)"
+        state = {k: v for k, v in state.items() if k not in (wkey, bkey)}
+    elif wkey in state:
         state = remap_head(model.backbone, state, old_vocab, vocab, cfg.extend_vocab)
     else:
         info["head"] = "new (checkpoint had no classifier)"
