@@ -15,7 +15,8 @@ architecture, the arguments that reproduce Keras' layers exactly (TF "same" padd
 stride-2 convolutions on the bottom/right only; BatchNorm epsilon 1e-3) and the normalisation
 nsfwjs feeds (RGB / 255, so mean 0 and std 1). The weights are stored quantised to uint8 per
 tensor in the package (tfjs `quantization`); they are dequantised here, which is what nsfwjs
-itself runs. Every tensor of the manifest must be used and fill the shard exactly, or this stops.
+itself runs. Every tensor of the manifest must be used and fill the shard exactly, or this stops
+with one line (ValueError from the functions, for the benchmark and tests that call them).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from animetagnet.fileio import atomic_write_text  # noqa: E402
 
 MODEL = "package/dist/models/mobilenet_v2"
 #: One manifest entry of the minified tfjs model file (keys in the order the package writes them).
@@ -57,16 +61,16 @@ def read_package(src: Path) -> tuple[str, bytes]:
 def dequantise(model_js: str, shard: bytes) -> dict[str, np.ndarray]:
     """Keras tensor name -> float32 array, in manifest order, dequantised as tfjs does (q * scale + min)."""
     out, offset = {}, 0
-    for m in WEIGHT_ENTRY.finditer(model_js, model_js.index("weightsManifest")):
+    manifest = model_js.index("weightsManifest")
+    for m in WEIGHT_ENTRY.finditer(model_js, manifest):
         shape = [int(v) for v in m["shape"].split(",") if v]
         n = int(np.prod(shape))
         q = np.frombuffer(shard, dtype=np.uint8, count=n, offset=offset)
         out[m["name"]] = (q.astype(np.float32) * np.float32(m["scale"]) + np.float32(m["min"])).reshape(shape)
         offset += n
-    declared = model_js[model_js.index("weightsManifest"):].count('{name:"')
+    declared = model_js[manifest:].count('{name:"')
     if len(out) != declared or offset != len(shard):
-        raise SystemExit(f"nsfwjs_backbone: read {len(out)} of {declared} tensors covering {offset} of {len(shard)} "
-                         "shard bytes: not the expected nsfwjs model layout")
+        raise ValueError(f"read {len(out)} of {declared} tensors covering {offset} of {len(shard)} shard bytes")
     return out
 
 
@@ -83,7 +87,7 @@ def timm_name(keras: str) -> str | None:
         return f"{fixed[layer]}.{bn or 'weight'}"
     m = re.fullmatch(r"block_(\d+)_(expand|depthwise|project)(_BN)?", layer)
     if not m:
-        raise SystemExit(f"nsfwjs_backbone: unexpected tensor {keras!r}")
+        raise ValueError(f"unexpected tensor {keras!r}")
     i, part, is_bn = int(m[1]) - 1, m[2], bool(m[3])
     stage = next(s for s in range(len(STAGE_SIZES)) if i < sum(STAGE_SIZES[: s + 1]))
     block = f"blocks.{stage + 1}.{i - sum(STAGE_SIZES[:stage])}"
@@ -128,11 +132,11 @@ def convert(src: Path, out: Path) -> dict:
     got = {k: v.shape for k, v in state.items()}
     if want != got:
         bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
-        raise SystemExit(f"nsfwjs_backbone: converted tensors do not fit timm mobilenetv2_100: {bad[:5]}")
+        raise ValueError(f"converted tensors do not fit timm mobilenetv2_100: {bad[:5]}")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.safetensors.partial"
     save_file(state, str(tmp), metadata={"source": "nsfwjs 4.4.0 mobilenet_v2"})
-    (out / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "config.json", json.dumps(CONFIG, indent=1) + "\n")
     tmp.replace(out / "model.safetensors")
     return {"tensors": len(state), "parameters": int(sum(v.numel() for v in state.values())), "out": str(out)}
 
